@@ -1,0 +1,33 @@
+# Batch image classification with Ray Data and PyTorch: see README.md.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+OUTPUT_DIR ?= outputs
+PARAMS ?=
+
+.PHONY: install run test lab weights clean
+MODEL ?= resnet152
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation --editable .
+	touch $@
+
+run: install  ## execute the four notebooks in order, offline, into $(OUTPUT_DIR)
+	$(PY) -m helpers.series --output-dir $(OUTPUT_DIR) $(PARAMS)
+
+test: install  ## unit tests, then the notebooks end to end (papermill, then nbval)
+	$(PY) -m pytest
+
+weights: install  ## cache a torchvision model's weights for offline use: make weights MODEL=resnet152
+	$(PY) -c "from helpers import models; models.fetch_weights('$(MODEL)')"
+
+lab: install  ## open the notebooks in JupyterLab
+	$(VENV)/bin/jupyter lab notebooks
+
+clean:
+	rm -rf $(OUTPUT_DIR) data

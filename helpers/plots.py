@@ -1,0 +1,103 @@
+"""Figures for the notebooks: image grids, top-5 bars, the confusion matrix."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from helpers.data import filesystem_and_root
+from helpers.labels import label_to_name
+
+
+def load_thumbnail(path: str, size: int = 256) -> np.ndarray:
+    """An image file (local or s3://) as an RGB array no larger than ``size`` on a side."""
+    filesystem, inner = filesystem_and_root(path)
+    with filesystem.open_input_file(inner) as stream, Image.open(stream) as image:
+        image = image.convert("RGB")
+        image.thumbnail((size, size))
+        return np.asarray(image)
+
+
+def image_grid(images: Sequence[np.ndarray], titles: Sequence[str], columns: int = 6) -> plt.Figure:
+    """Images in a grid, each with its title (for example its label)."""
+    rows = max(1, math.ceil(len(images) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.6 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, image, title in zip(axes.flat, images, titles):
+        axis.imshow(image)
+        axis.set_title(title, fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def size_scatter(images: pd.DataFrame) -> plt.Figure:
+    """Width against height of every image, one colour per class."""
+    figure, axis = plt.subplots(figsize=(6, 4.5))
+    for name, group in images.groupby("class"):
+        axis.scatter(group["width"], group["height"], s=10, alpha=0.6, label=name)
+    axis.set_xlabel("width (pixels)")
+    axis.set_ylabel("height (pixels)")
+    axis.set_title("Image sizes")
+    if images["class"].nunique() <= 12:
+        axis.legend(fontsize=8, markerscale=1.5)
+    figure.tight_layout()
+    return figure
+
+
+def misclassified_figure(wrong: pd.DataFrame) -> plt.Figure:
+    """A grid of wrongly classified images with their true label and top-1 prediction."""
+    titles = [
+        f"true: {label_to_name(label)}\npred: {name} ({score:.2f})"
+        for label, name, score in zip(wrong["label"], wrong["top1_name"], wrong["top1_score"])
+    ]
+    return image_grid([load_thumbnail(path) for path in wrong["path"]], titles)
+
+
+def top5_figure(images: Sequence[np.ndarray], predictions: pd.DataFrame) -> plt.Figure:
+    """Each image beside a bar chart of its five most likely classes and their scores."""
+    figure, axes = plt.subplots(len(images), 2, figsize=(9, 2.3 * len(images)), squeeze=False,
+                                gridspec_kw={"width_ratios": [1, 1.6]})
+    for (image_axis, bar_axis), image, (_, row) in zip(axes, images, predictions.iterrows()):
+        image_axis.imshow(image)
+        image_axis.axis("off")
+        image_axis.set_title(f"folder label: {row['label_name']}", fontsize=9)
+        names, scores = list(row["top5_name"])[::-1], list(row["top5_score"])[::-1]
+        colors = ["tab:green" if name == row["label_name"] else "tab:gray" for name in names]
+        bar_axis.barh(names, scores, color=colors)
+        bar_axis.set_xlim(0, 1)
+        bar_axis.set_xlabel("softmax score")
+    figure.tight_layout()
+    return figure
+
+
+def confusion_figure(matrix: pd.DataFrame) -> plt.Figure:
+    """The confusion matrix as a heat map, with each cell's count written in it."""
+    size = 1.2 + 0.6 * max(matrix.shape)
+    figure, axis = plt.subplots(figsize=(size + 1.5, size))
+    shown = axis.imshow(matrix.to_numpy(), cmap="Blues")
+    axis.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=45, ha="right")
+    axis.set_yticks(range(matrix.shape[0]), matrix.index)
+    axis.set_xlabel("predicted (top-1)")
+    axis.set_ylabel("true (folder label)")
+    threshold = matrix.to_numpy().max() / 2
+    for (row, column), count in np.ndenumerate(matrix.to_numpy()):
+        if count:
+            axis.text(column, row, count, ha="center", va="center", fontsize=8,
+                      color="white" if count > threshold else "black")
+    figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.04)
+    figure.tight_layout()
+    return figure
+
+
+def save(figure: plt.Figure, folder: Path, name: str) -> Path:
+    """Save a figure as PNG under ``folder`` and return its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    return path

@@ -1,0 +1,151 @@
+"""The embedded sample set: real photographs that installed packages ship, in Imagenette layout.
+
+Each source photo carries a label chosen by hand from what it shows (never from a model's
+output) and a hand-drawn box around that object. The set is made of crops that always
+contain the box, at varied sizes, aspect ratios, mirrorings and JPEG qualities, so the
+images differ the way a real folder's do. It is built once, deterministically, into
+``data/sample/<wnid>/<photo>_<k>.JPEG``.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from helpers import PROJECT_ROOT
+
+SAMPLE_DIR = PROJECT_ROOT / "data" / "sample"
+IMAGES_PER_PHOTO = 72
+SEED = 20261125
+_COMPLETE_MARKER = ".complete"
+
+
+@dataclass(frozen=True)
+class SourcePhoto:
+    """A package-shipped photograph, what it shows and where."""
+
+    package: str  # importable package that ships the file
+    relative_path: str  # path inside that package
+    wnid: str  # ImageNet WordNet id chosen by hand from what the photo shows
+    box: tuple[int, int, int, int]  # (left, top, right, bottom) around the labelled object
+
+    @property
+    def path(self) -> Path:
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or spec.origin is None:
+            raise ModuleNotFoundError(
+                f"The sample set needs the package {self.package!r}: run `make install`."
+            )
+        return Path(spec.origin).parent / self.relative_path
+
+    @property
+    def stem(self) -> str:
+        return Path(self.relative_path).stem
+
+
+SOURCE_PHOTOS: tuple[SourcePhoto, ...] = (
+    SourcePhoto("skimage", "data/chelsea.png", "n02123045", (60, 0, 420, 300)),  # tabby cat
+    SourcePhoto("skimage", "data/coffee.png", "n07920052", (70, 0, 480, 400)),  # espresso
+    SourcePhoto("skimage", "data/rocket.jpg", "n03773504", (290, 120, 360, 427)),  # missile
+    SourcePhoto("skimage", "data/astronaut.png", "n04266014", (340, 0, 475, 285)),  # space shuttle
+    SourcePhoto("skimage", "data/camera.png", "n04485082", (225, 130, 410, 512)),  # tripod
+    SourcePhoto("sklearn", "datasets/images/china.jpg", "n03877845", (60, 25, 370, 427)),  # palace
+    SourcePhoto(  # military uniform
+        "matplotlib", "mpl-data/sample_data/grace_hopper.jpg", "n03763968", (20, 20, 500, 600)
+    ),
+)
+
+
+def _random_crop(rng: np.random.Generator, size: tuple[int, int], box: tuple[int, int, int, int]):
+    """A crop of an image of ``size`` that contains ``box``, with random margins on each side.
+
+    Margins stay under half the box's longer side, so the labelled object dominates the crop.
+    """
+    width, height = size
+    left, top, right, bottom = box
+    reach = max(right - left, bottom - top) // 2
+    return (
+        int(rng.integers(max(0, left - reach), left + 1)),
+        int(rng.integers(max(0, top - reach), top + 1)),
+        int(rng.integers(right, min(width, right + reach) + 1)),
+        int(rng.integers(bottom, min(height, bottom + reach) + 1)),
+    )
+
+
+def _variants(photo: SourcePhoto, count: int, rng: np.random.Generator):
+    """Yield ``count`` JPEG-ready variants of one photo: crop, resize, mirror, quality."""
+    with Image.open(photo.path) as source:
+        image = source.convert("RGB")
+    for _ in range(count):
+        crop = image.crop(_random_crop(rng, image.size, photo.box))
+        short_side = int(rng.integers(96, 520))
+        scale = short_side / min(crop.size)
+        crop = crop.resize(
+            (max(1, round(crop.width * scale)), max(1, round(crop.height * scale))),
+            Image.Resampling.BICUBIC,
+        )
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        yield crop, int(rng.integers(70, 96))
+
+
+def _write_sample(target: Path, images_per_photo: int) -> None:
+    rng = np.random.default_rng(SEED)
+    for photo in SOURCE_PHOTOS:
+        folder = target / photo.wnid
+        folder.mkdir(parents=True, exist_ok=True)
+        for k, (image, quality) in enumerate(_variants(photo, images_per_photo, rng)):
+            image.save(folder / f"{photo.stem}_{k:03d}.JPEG", quality=quality)
+    (target / _COMPLETE_MARKER).write_text(_recipe(images_per_photo))
+
+
+def _recipe(images_per_photo: int) -> str:
+    """What determines the set's bytes: a set built from another recipe is rebuilt."""
+    return repr((SOURCE_PHOTOS, images_per_photo, SEED, Image.__version__)) + "\n"
+
+
+def _is_complete(directory: Path, images_per_photo: int) -> bool:
+    marker = directory / _COMPLETE_MARKER
+    return marker.exists() and marker.read_text() == _recipe(images_per_photo)
+
+
+def ensure_sample(directory: Path = SAMPLE_DIR, images_per_photo: int = IMAGES_PER_PHOTO) -> Path:
+    """Build the sample set into ``directory`` unless it is already complete; return it.
+
+    Safe when several processes call it at once: one builds into a temporary folder under
+    a lock and renames it into place, so a half-written set is never visible.
+    """
+    directory = Path(directory)
+    if _is_complete(directory, images_per_photo):
+        return directory
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with open(directory.parent / f".{directory.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _is_complete(directory, images_per_photo):
+            return directory
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+        try:
+            _write_sample(staging, images_per_photo)
+            if directory.exists():  # an older recipe's set
+                shutil.rmtree(directory)
+            os.replace(staging, directory)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def fingerprint(directory: Path) -> str:
+    """SHA-256 over every file's relative path and bytes: equal sets have equal prints."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(directory)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()

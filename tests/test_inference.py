@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+import torch
+
+from helpers import inference, models
+from helpers.cluster import ClusterInfo
+from helpers.settings import SettingsError
+
+
+def _cluster(cpus, gpus=0, nodes=1):
+    return ClusterInfo(nodes=nodes, cpus=cpus, gpus=gpus, object_store_bytes=2**30)
+
+
+def test_two_cpus_get_one_actor_that_leaves_a_core_for_reading():
+    plan = inference.plan_actors(_cluster(2), None)
+    assert (plan.num_actors, plan.num_cpus, plan.num_gpus, plan.threads) == (1, 1, 0, 2)
+    assert plan.remote_args() == {"num_cpus": 1}
+
+
+def test_two_actors_on_two_cpus_reserve_fractions_not_every_cpu():
+    plan = inference.plan_actors(_cluster(2), 1)
+    assert plan.num_actors * plan.num_cpus <= 1
+
+
+def test_large_cpu_nodes_get_several_four_core_actors():
+    plan = inference.plan_actors(_cluster(16, nodes=2), None)
+    assert plan.num_actors == 3 and plan.num_cpus == 4 and plan.threads == 5
+
+
+def test_one_actor_per_gpu():
+    plan = inference.plan_actors(_cluster(16, gpus=2), None)
+    assert (plan.num_actors, plan.num_gpus) == (2, 1)
+    assert plan.remote_args()["num_gpus"] == 1
+
+
+def test_cpu_plans_never_ask_for_gpus():
+    assert "num_gpus" not in inference.plan_actors(_cluster(8), None).remote_args()
+
+
+@pytest.mark.parametrize("cpus, gpus, asked", [(2, 0, 2), (8, 0, 7), (8, 2, 3)])
+def test_more_actors_than_the_cluster_hosts_fail_at_once(cpus, gpus, asked):
+    with pytest.raises(SettingsError, match=f"num_actors={asked} is more than"):
+        inference.plan_actors(_cluster(cpus, gpus), asked)
+
+
+def test_preprocess_row_replaces_the_image_by_fixed_size_pixels():
+    row = {"image": np.zeros((300, 500, 3), np.uint8), "label": "n01440764", "path": "p"}
+    out = inference.preprocess_row(row, models.preprocessing("efficientnet_lite0"))
+    assert "image" not in out and out[inference.PIXELS].shape == (3, 224, 224)
+    assert (out["height"], out["width"]) == (300, 500)
+
+
+def test_frozen_predictor_agrees_with_the_plain_model():
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (5, 3, 224, 224), dtype=np.uint8)
+    predictor = inference.Predictor("efficientnet_lite0", device="cpu")
+    scores, indices = predictor.top_k(pixels)
+    spec = models.preprocessing("efficientnet_lite0")
+    with torch.inference_mode():
+        expected = models.load_model("efficientnet_lite0")(spec.normalize(torch.from_numpy(pixels))).softmax(1)
+    assert indices.shape == scores.shape == (5, 5)
+    assert (indices[:, 0] == expected.argmax(1).numpy()).all()
+    assert np.allclose(scores, expected.topk(5).values.numpy(), atol=1e-4)
+    assert (np.diff(scores, axis=1) <= 0).all()
+
+
+def test_describe_predictions_gives_plain_arrow_columns():
+    scores = np.array([[0.5, 0.2, 0.1, 0.1, 0.1]], np.float32)
+    indices = np.array([[281, 282, 285, 0, 1]])
+    table = inference.describe_predictions(scores, indices, label=np.array(["n02123045"]))
+    row = table.to_pylist()[0]
+    assert row["label"] == "n02123045" and row["top1_wnid"] == "n02123045"
+    assert row["top1_name"] == "tabby" and row["top5_name"][2] == "Egyptian cat"
+    assert row["top5_index"] == [281, 282, 285, 0, 1]
+    assert str(table.schema.field("top5_wnid").type) == "list<item: string>"

@@ -1,0 +1,22 @@
+from helpers import labels
+
+
+def test_index_order_matches_imagenet():
+    assert len(labels.wnids()) == len(set(labels.wnids())) == 1000
+    assert labels.index_to_wnid(0) == "n01440764"
+    assert labels.index_to_name(0) == "tench"
+    assert labels.wnid_to_index("n02123045") == 281
+    assert labels.index_to_name(281) == "tabby"
+    assert labels.index_to_wnid(999) == "n15075141"
+    assert labels.index_to_name(999) == "toilet tissue"
+
+
+def test_round_trip_for_every_class():
+    assert all(labels.wnid_to_index(labels.index_to_wnid(i)) == i for i in range(1000))
+
+
+def test_labels_that_are_not_imagenet_ids_are_kept():
+    assert labels.wnid_to_index("my_cats") == -1
+    assert not labels.is_imagenet_wnid("my_cats")
+    assert labels.label_to_name("my_cats") == "my_cats"
+    assert labels.label_to_name("n07920052") == "espresso"

