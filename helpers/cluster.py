@@ -56,6 +56,13 @@ def start_or_join() -> ClusterInfo:
     )
 
 
+def stop() -> None:
+    """Disconnect from Ray; a local instance started by ``start_or_join`` shuts down."""
+    import ray
+
+    ray.shutdown()
+
+
 @contextlib.contextmanager
 def native_stderr_to(path: Path):
     """Send what native code writes to file descriptor 2 (Ray's C++ core) into ``path``.

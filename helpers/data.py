@@ -1,16 +1,42 @@
-"""Reading images, local or ``s3://``, with labels from the class folders and the file paths."""
+"""Reading images, local or ``s3://``, with labels from the class folders and the file paths.
+
+Real folders are messy. Files are listed first: anything that is not an image inside a
+class folder is set aside with the reason. Images are then read as bytes and decoded in a
+``ds.map``, one row at a time, so that an unreadable file becomes a row with an ``error``
+instead of failing the whole job.
+"""
 from __future__ import annotations
 
+import io
 import itertools
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
+import numpy as np
 import pyarrow.fs
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from helpers import sample
 from helpers.settings import SAMPLE_DATA
 
-IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "tif", "tiff", "bmp", "gif")
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "tif", "tiff", "bmp", "gif", "webp")
+MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit (~89 MP)
+
+
+class UnreadableImage(ValueError):
+    """A file that cannot be classified; the message is the reason reported for it."""
+
+
+@dataclass
+class Listing:
+    """The files under a data root: images in class folders, and what was set aside."""
+
+    filesystem: pyarrow.fs.FileSystem
+    root: str
+    images: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
 
 
 def resolve_data_uri(data_uri: str) -> str:
@@ -26,20 +52,39 @@ def filesystem_and_root(data_uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
 
 
 def class_folder(path: str, root: str) -> str:
-    """The label of an image: the first folder below the data root."""
+    """The label of an image: the first folder below the data root (deeper folders allowed)."""
     return PurePosixPath(path).relative_to(PurePosixPath(root)).parts[0]
 
 
-def list_images(filesystem: pyarrow.fs.FileSystem, root: str) -> list[str]:
-    """Every image file under ``root`` inside a class folder, by extension, sorted."""
+def _skip_reason(relative: PurePosixPath) -> str | None:
+    if any(part.startswith(".") for part in relative.parts):
+        return "hidden file"
+    if relative.suffix.lower().lstrip(".") not in IMAGE_EXTENSIONS:
+        return f"not an image file (extension {relative.suffix or 'none'!r})"
+    if len(relative.parts) < 2:
+        return "not inside a class folder"
+    return None
+
+
+def list_files(data_uri: str) -> Listing:
+    """Every file under ``data_uri``, sorted: images to read, and the others with a reason."""
+    filesystem, root = filesystem_and_root(resolve_data_uri(data_uri))
+    listing = Listing(filesystem, root)
     selector = pyarrow.fs.FileSelector(root, recursive=True)
-    return sorted(
-        info.path
-        for info in filesystem.get_file_info(selector)
-        if info.type == pyarrow.fs.FileType.File
-        and info.extension.lower() in IMAGE_EXTENSIONS
-        and len(PurePosixPath(info.path).relative_to(PurePosixPath(root)).parts) > 1
-    )
+    for info in sorted(filesystem.get_file_info(selector), key=lambda info: info.path):
+        if info.type != pyarrow.fs.FileType.File:
+            continue
+        reason = _skip_reason(PurePosixPath(info.path).relative_to(PurePosixPath(root)))
+        if reason:
+            listing.skipped.append((info.path, reason))
+        else:
+            listing.images.append(info.path)
+    if not listing.images:
+        raise FileNotFoundError(
+            f"data_uri={data_uri!r} holds no images in class folders (<label>/<image>, with "
+            f"extensions {', '.join(IMAGE_EXTENSIONS)}): check the path."
+        )
+    return listing
 
 
 def select_images(paths: list[str], root: str, limit: int | None) -> list[str]:
@@ -55,32 +100,91 @@ def select_images(paths: list[str], root: str, limit: int | None) -> list[str]:
     return sorted(p for p in itertools.islice((p for p in interleaved if p), limit))
 
 
-def read_images(data_uri: str, limit: int | None = None):
-    """A lazy Ray Dataset of ``image`` (HxWx3 uint8 RGB), ``label`` (class folder) and ``path``."""
+def read_image_files(listing: Listing, limit: int | None = None, num_cpus: float | None = None):
+    """A lazy Ray Dataset of raw ``bytes`` and ``path``, one row per image file."""
     import ray.data
-    from ray.data.datasource.partitioning import Partitioning
 
-    filesystem, root = filesystem_and_root(resolve_data_uri(data_uri))
-    paths = select_images(list_images(filesystem, root), root, limit)
-    if not paths:
-        raise FileNotFoundError(
-            f"data_uri={data_uri!r} holds no images in class folders (<label>/<image>, with "
-            f"extensions {', '.join(IMAGE_EXTENSIONS)}): check the path."
-        )
-    return ray.data.read_images(
-        paths,
-        filesystem=filesystem,
-        mode="RGB",
-        include_paths=True,
-        partitioning=Partitioning("dir", base_dir=root, field_names=["label"], filesystem=filesystem),
+    paths = select_images(listing.images, listing.root, limit)
+    return ray.data.read_binary_files(
+        paths, filesystem=listing.filesystem, include_paths=True,
+        **({"num_cpus": num_cpus} if num_cpus else {}),
     )
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB: transparency over white, 16-bit scaled down, not clipped."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        wide = np.asarray(image.convert("I"), dtype=np.int64)
+        image = Image.fromarray(np.clip(wide // 257 if wide.max() > 255 else wide, 0, 255).astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", image.size, "white"), image).convert("RGB")
+    return image.convert("RGB")
+
+
+def decode_image(data: bytes, at_least: int | None = None) -> torch.Tensor:
+    """Encoded bytes -> 3 x H x W uint8 RGB, EXIF orientation applied.
+
+    With ``at_least``, a large JPEG is decoded at a reduced scale (libjpeg's DCT scaling,
+    by powers of two) whose short side stays at least that many pixels: much faster for
+    camera-sized photos that will be resized down anyway. Raises ``UnreadableImage`` with
+    the reason for empty, corrupt, truncated, non-image and over-large (decompression-bomb)
+    files. (Pillow, not torchvision.io, whose decoders are deprecated since 0.29.)
+    """
+    if not data:
+        raise UnreadableImage("empty file (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise UnreadableImage(
+                    f"too large: {width}x{height} pixels is over Pillow's decompression-bomb "
+                    f"limit of {MAX_IMAGE_PIXELS} pixels"
+                )
+            if at_least and image.format == "JPEG":
+                scale = at_least / min(width, height)
+                image.draft(image.mode, (max(1, round(width * scale)), max(1, round(height * scale))))
+            image.load()
+            rgb = _to_rgb(ImageOps.exif_transpose(image))
+            return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
+    except UnidentifiedImageError:
+        raise UnreadableImage("not a readable image (unknown or corrupt format)") from None
+    except (OSError, RuntimeError, SyntaxError, ValueError) as error:
+        if isinstance(error, UnreadableImage):
+            raise
+        raise UnreadableImage(f"corrupt or truncated: {str(error).splitlines()[0][:200]}") from None
+
+
+def decode_row(row: dict, root: str) -> dict:
+    """``ds.map`` step: raw bytes -> ``image`` (H x W x 3 uint8), ``label``, ``path``, ``error``.
+
+    An unreadable file keeps its row, with an empty image and the reason in ``error``.
+    """
+    try:
+        image, error = decode_image(row["bytes"]).permute(1, 2, 0).numpy(), ""
+    except UnreadableImage as unreadable:
+        image, error = np.zeros((1, 1, 3), np.uint8), str(unreadable)
+    return {"image": image, "label": class_folder(row["path"], root), "path": row["path"], "error": error}
+
+
+def read_images(listing: Listing, limit: int | None = None):
+    """A lazy Dataset of decoded ``image``, ``label`` (class folder), ``path`` and ``error``."""
+    return read_image_files(listing, limit).map(decode_row, fn_kwargs={"root": listing.root})
+
+
+def readable(ds):
+    """Only the rows whose image could be decoded."""
+    from ray.data.expressions import col
+
+    return ds.filter(expr=col("error") == "")
 
 
 def _image_size(row: dict) -> dict:
     height, width = row["image"].shape[:2]
-    return {"label": row["label"], "path": row["path"], "height": height, "width": width}
+    return {"label": row["label"], "path": row["path"], "height": height, "width": width,
+            "error": row["error"]}
 
 
 def describe_images(ds):
-    """A pandas table of every image's label, path, height and width (pixels dropped)."""
+    """A pandas table of every image's label, path, height, width and error (pixels dropped)."""
     return ds.map(_image_size).to_pandas()

@@ -15,8 +15,8 @@ class PredictionsError(RuntimeError):
     """The predictions folder is missing, partial or does not match its manifest."""
 
 
-def load_predictions(settings: Settings) -> tuple[pd.DataFrame, dict]:
-    """The current run's predictions and its manifest, checked for completeness.
+def load_predictions(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The current run's classified images, its skipped files, and its manifest.
 
     Refuses a missing manifest, a missing file, or a row count that differs from what the
     run recorded, naming the problem and what to run.
@@ -28,20 +28,23 @@ def load_predictions(settings: Settings) -> tuple[pd.DataFrame, dict]:
             "notebook 03_distributed_inference.ipynb first with the same output_dir."
         )
     manifest = json.loads(manifest_path.read_text())
-    files = [settings.output_dir / name for name in manifest["files"]]
+    files = [settings.output_dir / name for name in [*manifest["files"], manifest["skipped_file"]]]
     missing = [str(path) for path in files if not path.exists()]
     if missing:
         raise PredictionsError(
             f"The predictions of run {manifest['run_id']} are incomplete: {len(missing)} file(s) "
             f"missing, e.g. {missing[0]}. Re-run notebook 03_distributed_inference.ipynb."
         )
-    frame = pd.concat([pd.read_parquet(path) for path in files], ignore_index=True)
-    if len(frame) != manifest["num_images"]:
+    frame = pd.concat([pd.read_parquet(path) for path in files[:-1]], ignore_index=True)
+    skipped = pd.read_csv(files[-1], keep_default_na=False)
+    if len(frame) != manifest["num_rows"] or len(skipped) != manifest["num_skipped"]:
         raise PredictionsError(
-            f"The predictions of run {manifest['run_id']} hold {len(frame)} rows but the run "
-            f"recorded {manifest['num_images']}. Re-run notebook 03_distributed_inference.ipynb."
+            f"The predictions of run {manifest['run_id']} hold {len(frame)} rows and "
+            f"{len(skipped)} skipped files, but the run recorded {manifest['num_rows']} and "
+            f"{manifest['num_skipped']}. Re-run notebook 03_distributed_inference.ipynb."
         )
-    return frame.sort_values("path", ignore_index=True), manifest
+    classified = frame[frame["error"] == ""].sort_values("path", ignore_index=True)
+    return classified, skipped, manifest
 
 
 def add_correctness(frame: pd.DataFrame) -> pd.DataFrame:
@@ -57,6 +60,7 @@ def summarize(frame: pd.DataFrame, manifest: dict) -> dict:
     scored = frame[frame["label"].map(labels.is_imagenet_wnid)]
     return {
         "num_images": int(len(frame)),
+        "num_skipped": manifest["num_skipped"],
         "num_scored": int(len(scored)),
         "num_classes": int(scored["label"].nunique()),
         "top1": round(float(scored["top1_correct"].mean()), 4) if len(scored) else None,
@@ -84,20 +88,27 @@ def per_class_table(frame: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values(["top1", "class"], ascending=[False, True])
 
 
-def confusion(frame: pd.DataFrame, max_classes: int = 20) -> pd.DataFrame:
-    """Counts of true class (rows) x predicted class (columns), by readable name.
+def confusion(frame: pd.DataFrame, max_classes: int = 20, max_others: int = 8) -> pd.DataFrame:
+    """Counts of true class (rows) x top-1 prediction (columns), by readable name.
 
-    Columns are the true classes plus ``(other)`` for any prediction outside them, so the
-    matrix stays readable even though the model knows 1000 classes. With more than
-    ``max_classes`` true classes, only the ones with the most top-1 errors are shown.
+    Columns are the true classes, then the ``max_others`` most frequent predictions outside
+    them (*Egyptian cat* for a folder of tabbies, say), then ``(other)`` for the rest, so the
+    matrix stays readable although the model knows 1000 classes. With more than
+    ``max_classes`` true classes, only those with the most top-1 errors are shown.
     """
     truth = frame["label"].map(labels.label_to_name)
     errors = (~frame["top1_correct"]).groupby(truth).sum()
-    shown = set(errors.sort_values(ascending=False, kind="stable").index[:max_classes])
-    frame, truth = frame[truth.isin(shown)], truth[truth.isin(shown)]
+    shown = errors.sort_values(ascending=False, kind="stable").index[:max_classes]
+    keep = truth.isin(shown)
+    truth, predicted = truth[keep], frame.loc[keep, "top1_name"]
     classes = sorted(shown)
-    predicted = frame["top1_name"].where(frame["top1_name"].isin(classes), OTHER)
-    matrix = pd.crosstab(truth, predicted).reindex(index=classes, columns=[*classes, OTHER], fill_value=0)
+    outside = predicted[~predicted.isin(classes)].value_counts().sort_index()
+    outside = outside.sort_values(ascending=False, kind="stable")  # ties by name
+    others = sorted(outside.index[:max_others])
+    predicted = predicted.where(predicted.isin([*classes, *others]), OTHER)
+    matrix = pd.crosstab(truth, predicted).reindex(
+        index=classes, columns=[*classes, *others, OTHER], fill_value=0
+    )
     matrix.index.name, matrix.columns.name = "true", "predicted"
     return matrix
 

@@ -12,14 +12,15 @@ import time
 import uuid
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import torch
 
 from helpers import labels, models
 from helpers.cluster import ClusterInfo, native_stderr_to
+from helpers.data import Listing, UnreadableImage, class_folder, decode_image, read_image_files
 from helpers.settings import Settings, SettingsError
 from helpers.storage import write_json_atomically
 
@@ -27,12 +28,27 @@ PIXELS = "pixels"
 TOP_K = 5
 
 
-def preprocess_row(row: dict[str, Any], preprocessing: models.Preprocessing) -> dict[str, Any]:
-    """``ds.map`` step: one decoded image of any size -> fixed-size uint8 ``pixels``."""
-    image = row.pop("image")
-    row["height"], row["width"] = image.shape[:2]
-    row[PIXELS] = preprocessing.resize_and_crop(image)
-    return row
+def decode_and_preprocess(row: dict, preprocessing: models.Preprocessing, root: str) -> dict:
+    """``ds.map`` step: raw bytes of any size -> fixed-size uint8 ``pixels``, or an ``error``.
+
+    Decoding here rather than in the read keeps one bad file from failing the job, and
+    keeps full-size images out of Ray's object store: only 3 x 224 x 224 bytes travel.
+    """
+    out = {"path": row["path"], "label": class_folder(row["path"], root), "error": ""}
+    try:
+        out[PIXELS] = preprocessing.resize_and_crop(decode_image(row["bytes"], at_least=preprocessing.resize_size))
+    except UnreadableImage as unreadable:
+        out[PIXELS] = np.zeros((3, preprocessing.crop_size, preprocessing.crop_size), np.uint8)
+        out["error"] = str(unreadable)
+    return out
+
+
+def preprocess_images(images, preprocessing: models.Preprocessing) -> np.ndarray:
+    """A batch of decoded H x W x 3 images of any sizes -> one N x 3 x H x W uint8 array."""
+    return np.stack([
+        preprocessing.resize_and_crop(torch.from_numpy(np.array(image)).permute(2, 0, 1))
+        for image in images
+    ])
 
 
 def _frozen(model: torch.nn.Module, size: int) -> torch.jit.ScriptModule:
@@ -46,11 +62,6 @@ def _frozen(model: torch.nn.Module, size: int) -> torch.jit.ScriptModule:
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
         return torch.jit.freeze(torch.jit.trace(model, example))
-
-
-def preprocess_images(images, preprocessing: models.Preprocessing) -> np.ndarray:
-    """A batch of decoded images of any sizes -> one N x 3 x H x W uint8 array."""
-    return np.stack([preprocessing.resize_and_crop(image) for image in images])
 
 
 class Predictor:
@@ -83,45 +94,67 @@ class Predictor:
         return scores.cpu().numpy(), indices.cpu().numpy()
 
 
+def _with_gaps(values: list, valid: np.ndarray) -> list:
+    """Spread ``values`` over the rows where ``valid`` is True; None elsewhere."""
+    filled = iter(values)
+    return [next(filled) if ok else None for ok in valid]
+
+
 def describe_predictions(
-    scores: np.ndarray, indices: np.ndarray, **leading_columns: np.ndarray
+    scores: np.ndarray, indices: np.ndarray, valid: np.ndarray | None = None, **leading_columns
 ) -> pa.Table:
     """A table of top-1 and top-k (index, WordNet id, name, score) per image, as in the Parquet.
 
-    Top-k columns are Arrow lists, so the Parquet reads back as plain lists everywhere.
+    ``scores`` and ``indices`` hold the rows where ``valid`` is True; the other rows get
+    nulls. Top-k columns are Arrow lists, so the Parquet reads back as plain lists.
     """
+    valid = np.ones(len(indices), bool) if valid is None else np.asarray(valid, bool)
     wnids = [[labels.index_to_wnid(i) for i in row] for row in indices.tolist()]
     names = [[labels.index_to_name(i) for i in row] for row in indices.tolist()]
     columns = {name: pa.array(values) for name, values in leading_columns.items()}
-    columns |= {
-        "top1_index": pa.array(indices[:, 0], pa.int64()),
-        "top1_wnid": pa.array([row[0] for row in wnids]),
-        "top1_name": pa.array([row[0] for row in names]),
-        "top1_score": pa.array(scores[:, 0], pa.float32()),
-        "top5_index": pa.array(indices.tolist(), pa.list_(pa.int64())),
-        "top5_wnid": pa.array(wnids, pa.list_(pa.string())),
-        "top5_name": pa.array(names, pa.list_(pa.string())),
-        "top5_score": pa.array(scores.tolist(), pa.list_(pa.float32())),
-    }
+    for name, values, kind in (
+        ("top1_index", indices[:, 0].tolist(), pa.int64()),
+        ("top1_wnid", [row[0] for row in wnids], pa.string()),
+        ("top1_name", [row[0] for row in names], pa.string()),
+        ("top1_score", scores[:, 0].tolist(), pa.float32()),
+        ("top5_index", indices.tolist(), pa.list_(pa.int64())),
+        ("top5_wnid", wnids, pa.list_(pa.string())),
+        ("top5_name", names, pa.list_(pa.string())),
+        ("top5_score", scores.tolist(), pa.list_(pa.float32())),
+    ):
+        columns[name] = pa.array(_with_gaps(values, valid), kind)
     return pa.table(columns)
 
 
 class Classifier(Predictor):
-    """The callable class ``map_batches`` runs on each actor: pixels in, predictions out."""
+    """The callable class ``map_batches`` runs on each actor: pixels in, predictions out.
+
+    Rows whose file could not be decoded pass through with their ``error`` and no
+    prediction. ``predicted_at`` records when each batch finished, for throughput.
+    """
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        scores, indices = self.top_k(batch[PIXELS])
-        return describe_predictions(scores, indices, path=batch["path"], label=batch["label"])
+        valid = batch["error"] == ""
+        if valid.any():
+            scores, indices = self.top_k(batch[PIXELS][valid])
+        else:
+            scores, indices = np.zeros((0, TOP_K), np.float32), np.zeros((0, TOP_K), np.int64)
+        return describe_predictions(
+            scores, indices, valid,
+            path=batch["path"], label=batch["label"], error=batch["error"],
+            predicted_at=np.full(len(valid), time.time()),
+        )
 
 
 @dataclass(frozen=True)
 class ActorPlan:
-    """How many inference actors, and what each one reserves and uses."""
+    """How many inference actors, what each one reserves and uses, and the readers' share."""
 
     num_actors: int
     num_cpus: float
     num_gpus: int
     threads: int
+    reader_cpus: float  # per read-and-preprocess task; differs from num_cpus so Ray won't fuse them
 
     def remote_args(self) -> dict[str, float]:
         """Resources for ``map_batches``; ``num_gpus`` only where there are GPUs."""
@@ -142,7 +175,7 @@ def plan_actors(cluster: ClusterInfo, num_actors: int | None) -> ActorPlan:
                 f"num_actors={num_actors} is more than this cluster's {gpus} GPU(s) can host: "
                 f"use at most {gpus}, or None for one actor per GPU."
             )
-        return ActorPlan(actors, num_cpus=1, num_gpus=1, threads=max(1, cpus // actors))
+        return ActorPlan(actors, num_cpus=1, num_gpus=1, threads=max(1, cpus // actors), reader_cpus=0.5)
     if cpus < 1:
         raise SettingsError("Ray reports no CPUs: check the cluster (`ray status`).")
     spare = max(1, cpus - max(1, cpus // 4))  # cores left after reading and decoding
@@ -158,17 +191,20 @@ def plan_actors(cluster: ClusterInfo, num_actors: int | None) -> ActorPlan:
         num_cpus=min(cpus_per_actor, spare / actors),
         num_gpus=0,
         threads=max(1, cpus // actors),
+        reader_cpus=0.5,
     )
 
 
-def build_pipeline(settings: Settings, plan: ActorPlan):
-    """The lazy Dataset of predictions: read -> map(preprocess) -> map_batches(Classifier)."""
+def build_pipeline(listing: Listing, settings: Settings, plan: ActorPlan):
+    """The lazy Dataset of predictions: read bytes -> map(decode, preprocess) -> map_batches."""
     import ray.data
 
-    from helpers.data import read_images
-
-    ds = read_images(settings.data_uri, settings.limit)
-    ds = ds.map(preprocess_row, fn_kwargs={"preprocessing": models.preprocessing(settings.model_name)})
+    ds = read_image_files(listing, settings.limit, num_cpus=plan.reader_cpus)
+    ds = ds.map(
+        decode_and_preprocess,
+        fn_kwargs={"preprocessing": models.preprocessing(settings.model_name), "root": listing.root},
+        num_cpus=plan.reader_cpus,
+    )
     return ds.map_batches(
         Classifier,
         fn_constructor_kwargs={"model_name": settings.model_name, "threads": plan.threads},
@@ -183,10 +219,13 @@ class RunSummary:
     """What notebook 03 records for notebook 04 in ``predictions.json``."""
 
     run_id: str
-    files: list[str]
-    num_images: int
-    seconds: float
-    images_per_second: float
+    files: list[str]  # the Parquet files, relative to the output folder
+    skipped_file: str  # CSV of every file not classified, with the reason
+    num_rows: int  # image files read: classified plus unreadable
+    num_images: int  # images classified
+    num_skipped: int  # unreadable images plus files that were never images
+    seconds: float  # the whole stage: start-up, model loading, reading, inference, writing
+    images_per_second: float  # steady state: from the first finished batch to the last
     model_name: str
     data_uri: str
     limit: int | None
@@ -195,18 +234,33 @@ class RunSummary:
     threads_per_actor: int
 
 
-def _count_rows(files: list[str]) -> int:
-    import pyarrow.parquet as pq
+def steady_images_per_second(finished_at: pd.Series) -> float:
+    """Images per second between the first and the last finished batch.
 
-    return sum(pq.ParquetFile(path).metadata.num_rows for path in files)
+    Excludes the start-up that every run pays once (actors importing PyTorch and loading
+    the model), so that runs of different sizes compare; NaN with fewer than two batches.
+    """
+    batches = finished_at.value_counts().sort_index()
+    span = batches.index[-1] - batches.index[0] if len(batches) > 1 else 0.0
+    return float((batches.sum() - batches.iloc[0]) / span) if span > 0 else math.nan
 
 
-def run_batch_inference(predictions, settings: Settings, plan: ActorPlan) -> RunSummary:
+def skipped_files(listing: Listing, predictions: pd.DataFrame) -> pd.DataFrame:
+    """Every file that was not classified, with the reason."""
+    unreadable = predictions.loc[predictions["error"] != "", ["path", "error"]]
+    return pd.concat(
+        [pd.DataFrame(listing.skipped, columns=["path", "reason"]),
+         unreadable.rename(columns={"error": "reason"})],
+        ignore_index=True,
+    ).sort_values("path", ignore_index=True)
+
+
+def run_batch_inference(predictions, listing: Listing, settings: Settings, plan: ActorPlan) -> RunSummary:
     """Execute the ``predictions`` pipeline into Parquet, replacing the last run atomically.
 
-    Each run writes into a fresh folder; only when it is complete does ``predictions.json``
-    (replaced in one rename) point at it, so an interrupted run leaves the previous
-    predictions readable. Older runs are then deleted.
+    Each run writes into a fresh folder, with ``skipped.csv`` beside it; only when both are
+    complete does ``predictions.json`` (replaced in one rename) point at them, so an
+    interrupted run leaves the previous predictions readable. Older runs are then deleted.
     """
     models.fetch_weights(settings.model_name)  # fail fast on the driver, not in every actor
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
@@ -215,12 +269,16 @@ def run_batch_inference(predictions, settings: Settings, plan: ActorPlan) -> Run
         started = time.perf_counter()
         predictions.write_parquet(str(run_dir))
         seconds = time.perf_counter() - started
-    files = sorted(str(path) for path in run_dir.glob("*.parquet"))
-    num_images = _count_rows(files)
+    files = sorted(run_dir.glob("*.parquet"))
+    written = pd.read_parquet(run_dir, columns=["path", "error", "predicted_at"])
+    skipped = skipped_files(listing, written)
+    skipped.to_csv(run_dir / "skipped.csv", index=False)
     summary = RunSummary(
         run_id=run_id, files=[os.path.relpath(f, settings.output_dir) for f in files],
-        num_images=num_images, seconds=round(seconds, 3),
-        images_per_second=round(num_images / seconds, 2) if seconds > 0 else math.nan,
+        skipped_file=os.path.relpath(run_dir / "skipped.csv", settings.output_dir),
+        num_rows=len(written), num_images=int((written["error"] == "").sum()),
+        num_skipped=len(skipped), seconds=round(seconds, 3),
+        images_per_second=round(steady_images_per_second(written["predicted_at"]), 2),
         model_name=settings.model_name, data_uri=settings.data_uri, limit=settings.limit,
         batch_size=settings.batch_size, num_actors=plan.num_actors, threads_per_actor=plan.threads,
     )

@@ -40,11 +40,10 @@ class Preprocessing:
     std: tuple[float, float, float]
     interpolation: InterpolationMode
 
-    def resize_and_crop(self, image: np.ndarray) -> np.ndarray:
-        """One HxWx3 uint8 image of any size -> 3 x crop x crop uint8 (channels first)."""
-        tensor = torch.as_tensor(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)
-        tensor = F.resize(tensor, [self.resize_size], interpolation=self.interpolation, antialias=True)
-        return F.center_crop(tensor, [self.crop_size]).numpy()
+    def resize_and_crop(self, image: torch.Tensor) -> np.ndarray:
+        """One 3 x H x W uint8 image of any size -> 3 x crop x crop uint8."""
+        image = F.resize(image, [self.resize_size], interpolation=self.interpolation, antialias=True)
+        return F.center_crop(image, [self.crop_size]).numpy()
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         """N x 3 x H x W uint8 -> float, scaled to [0, 1] then standardised with mean/std."""

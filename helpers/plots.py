@@ -10,17 +10,16 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from helpers.data import filesystem_and_root
+from helpers.data import decode_image, filesystem_and_root, resolve_data_uri
 from helpers.labels import label_to_name
 
 
-def load_thumbnail(path: str, size: int = 256) -> np.ndarray:
-    """An image file (local or s3://) as an RGB array no larger than ``size`` on a side."""
-    filesystem, inner = filesystem_and_root(path)
-    with filesystem.open_input_file(inner) as stream, Image.open(stream) as image:
-        image = image.convert("RGB")
-        image.thumbnail((size, size))
-        return np.asarray(image)
+def load_thumbnail(path: str, filesystem, size: int = 256) -> np.ndarray:
+    """An image file as the model saw it (RGB, EXIF-rotated), no larger than ``size`` a side."""
+    with filesystem.open_input_file(path) as stream:
+        image = Image.fromarray(decode_image(stream.read()).permute(1, 2, 0).numpy())
+    image.thumbnail((size, size))
+    return np.asarray(image)
 
 
 def image_grid(images: Sequence[np.ndarray], titles: Sequence[str], columns: int = 6) -> plt.Figure:
@@ -50,13 +49,14 @@ def size_scatter(images: pd.DataFrame) -> plt.Figure:
     return figure
 
 
-def misclassified_figure(wrong: pd.DataFrame) -> plt.Figure:
+def misclassified_figure(wrong: pd.DataFrame, data_uri: str) -> plt.Figure:
     """A grid of wrongly classified images with their true label and top-1 prediction."""
+    filesystem, _ = filesystem_and_root(resolve_data_uri(data_uri))
     titles = [
         f"true: {label_to_name(label)}\npred: {name} ({score:.2f})"
         for label, name, score in zip(wrong["label"], wrong["top1_name"], wrong["top1_score"])
     ]
-    return image_grid([load_thumbnail(path) for path in wrong["path"]], titles)
+    return image_grid([load_thumbnail(path, filesystem) for path in wrong["path"]], titles)
 
 
 def top5_figure(images: Sequence[np.ndarray], predictions: pd.DataFrame) -> plt.Figure:

@@ -25,7 +25,6 @@ from helpers import PROJECT_ROOT
 SAMPLE_DIR = PROJECT_ROOT / "data" / "sample"
 IMAGES_PER_PHOTO = 72
 SEED = 20261125
-_COMPLETE_MARKER = ".complete"
 
 
 @dataclass(frozen=True)
@@ -104,7 +103,6 @@ def _write_sample(target: Path, images_per_photo: int) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         for k, (image, quality) in enumerate(_variants(photo, images_per_photo, rng)):
             image.save(folder / f"{photo.stem}_{k:03d}.JPEG", quality=quality)
-    (target / _COMPLETE_MARKER).write_text(_recipe(images_per_photo))
 
 
 def _recipe(images_per_photo: int) -> str:
@@ -112,9 +110,14 @@ def _recipe(images_per_photo: int) -> str:
     return repr((SOURCE_PHOTOS, images_per_photo, SEED, Image.__version__)) + "\n"
 
 
+def _marker(directory: Path) -> Path:
+    """Beside the set, not in it: the set holds nothing but class folders of images."""
+    return directory.parent / f".{directory.name}.complete"
+
+
 def _is_complete(directory: Path, images_per_photo: int) -> bool:
-    marker = directory / _COMPLETE_MARKER
-    return marker.exists() and marker.read_text() == _recipe(images_per_photo)
+    marker = _marker(directory)
+    return directory.is_dir() and marker.exists() and marker.read_text() == _recipe(images_per_photo)
 
 
 def ensure_sample(directory: Path = SAMPLE_DIR, images_per_photo: int = IMAGES_PER_PHOTO) -> Path:
@@ -137,6 +140,7 @@ def ensure_sample(directory: Path = SAMPLE_DIR, images_per_photo: int = IMAGES_P
             if directory.exists():  # an older recipe's set
                 shutil.rmtree(directory)
             os.replace(staging, directory)
+            _marker(directory).write_text(_recipe(images_per_photo))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return directory

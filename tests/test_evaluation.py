@@ -14,14 +14,16 @@ def _frame():
         "top1_name": ["tabby", "Egyptian cat", "espresso", "coffee mug", "espresso"],
         "top1_score": [0.9, 0.6, 0.8, 0.7, 0.5],
         "top5_wnid": [["n02123045"], ["n02124075", "n02123045"], ["n07920052"], ["n03063599"], ["n07920052"]],
+        "error": ["", "", "", "", ""],
     })
 
 
 def test_accuracy_scores_imagenet_labels_and_reports_the_others():
     frame = evaluation.add_correctness(_frame())
     metrics = evaluation.summarize(frame, {"images_per_second": 10.0, "seconds": 0.5, "model_name": "m",
-                                           "data_uri": "d", "batch_size": 2, "num_actors": 1, "run_id": "r"})
-    assert metrics["num_images"] == 5 and metrics["num_scored"] == 4
+                                           "data_uri": "d", "batch_size": 2, "num_actors": 1, "run_id": "r",
+                                           "num_skipped": 2})
+    assert metrics["num_images"] == 5 and metrics["num_scored"] == 4 and metrics["num_skipped"] == 2
     assert metrics["top1"] == 0.5 and metrics["top5"] == 0.75
     assert metrics["unscored_labels"] == ["my_own_label"]
 
@@ -32,9 +34,13 @@ def test_per_class_table_and_confusion():
     assert table.loc["n02123045", "top1"] == 0.5 and table.loc["n02123045", "top5"] == 1.0
     assert table.loc["n02123045", "class"] == "tabby"
     matrix = evaluation.confusion(frame)
-    assert matrix.loc["tabby", "tabby"] == 1 and matrix.loc["tabby", evaluation.OTHER] == 1
-    assert matrix.loc["espresso", "espresso"] == 1
+    assert matrix.loc["tabby", "tabby"] == 1 and matrix.loc["tabby", "Egyptian cat"] == 1
+    assert matrix.loc["espresso", "espresso"] == 1 and matrix.loc["espresso", "coffee mug"] == 1
+    assert list(matrix.columns[-1:]) == [evaluation.OTHER] and matrix[evaluation.OTHER].sum() == 0
     assert matrix.to_numpy().sum() == 5
+    few = evaluation.confusion(frame, max_others=1)
+    assert list(few.columns) == ["espresso", "my_own_label", "tabby", "Egyptian cat", evaluation.OTHER]
+    assert few.loc["espresso", evaluation.OTHER] == 1
 
 
 def test_confusion_keeps_the_classes_with_most_errors():
@@ -46,16 +52,22 @@ def test_confusion_keeps_the_classes_with_most_errors():
 def _write_run(cfg, rows=3, recorded=3):
     run = cfg.predictions_dir / "run1"
     run.mkdir(parents=True)
-    _frame().head(rows).to_parquet(run / "part-0.parquet")
+    frame = _frame().head(rows)
+    frame.loc[0, "error"] = "corrupt or truncated: image file is truncated"
+    frame.to_parquet(run / "part-0.parquet")
+    pd.DataFrame({"path": ["a", "n01/notes.txt"], "reason": ["corrupt", "not an image file"]}).to_csv(
+        run / "skipped.csv", index=False)
     cfg.predictions_manifest.write_text(json.dumps(
-        {"run_id": "run1", "files": ["predictions/run1/part-0.parquet"], "num_images": recorded}))
+        {"run_id": "run1", "files": ["predictions/run1/part-0.parquet"], "num_rows": recorded,
+         "skipped_file": "predictions/run1/skipped.csv", "num_skipped": 2}))
 
 
 def test_load_predictions_reads_a_complete_run(tmp_path):
     cfg = settings.resolve(output_dir=tmp_path)
     _write_run(cfg)
-    frame, manifest = evaluation.load_predictions(cfg)
-    assert len(frame) == 3 and manifest["run_id"] == "run1"
+    frame, skipped, manifest = evaluation.load_predictions(cfg)
+    assert list(frame["path"]) == ["b", "c"]  # the unreadable row is not evaluated
+    assert len(skipped) == 2 and manifest["run_id"] == "run1"
 
 
 def test_load_predictions_refuses_missing_partial_and_mismatched_runs(tmp_path):
@@ -63,7 +75,7 @@ def test_load_predictions_refuses_missing_partial_and_mismatched_runs(tmp_path):
     with pytest.raises(evaluation.PredictionsError, match="run notebook 03"):
         evaluation.load_predictions(cfg)
     _write_run(cfg, rows=3, recorded=4)
-    with pytest.raises(evaluation.PredictionsError, match="hold 3 rows but the run recorded 4"):
+    with pytest.raises(evaluation.PredictionsError, match="hold 3 rows and 2 skipped files, but the run recorded 4"):
         evaluation.load_predictions(cfg)
     (cfg.predictions_dir / "run1" / "part-0.parquet").unlink()
     with pytest.raises(evaluation.PredictionsError, match="1 file.s. missing"):

@@ -14,6 +14,7 @@ def _cluster(cpus, gpus=0, nodes=1):
 def test_two_cpus_get_one_actor_that_leaves_a_core_for_reading():
     plan = inference.plan_actors(_cluster(2), None)
     assert (plan.num_actors, plan.num_cpus, plan.num_gpus, plan.threads) == (1, 1, 0, 2)
+    assert plan.reader_cpus != plan.num_cpus  # keeps decoding out of the actor (no fusion)
     assert plan.remote_args() == {"num_cpus": 1}
 
 
@@ -43,11 +44,47 @@ def test_more_actors_than_the_cluster_hosts_fail_at_once(cpus, gpus, asked):
         inference.plan_actors(_cluster(cpus, gpus), asked)
 
 
-def test_preprocess_row_replaces_the_image_by_fixed_size_pixels():
-    row = {"image": np.zeros((300, 500, 3), np.uint8), "label": "n01440764", "path": "p"}
-    out = inference.preprocess_row(row, models.preprocessing("efficientnet_lite0"))
-    assert "image" not in out and out[inference.PIXELS].shape == (3, 224, 224)
-    assert (out["height"], out["width"]) == (300, 500)
+def _jpeg(width, height) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), "red").save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def test_decode_and_preprocess_gives_fixed_size_pixels_and_the_label():
+    spec = models.preprocessing("efficientnet_lite0")
+    out = inference.decode_and_preprocess({"bytes": _jpeg(500, 300), "path": "/d/n01440764/x/a.jpg"}, spec, "/d")
+    assert out[inference.PIXELS].shape == (3, 224, 224) and out[inference.PIXELS].dtype == np.uint8
+    assert (out["label"], out["error"]) == ("n01440764", "")
+
+
+def test_decode_and_preprocess_keeps_an_unreadable_file_with_its_reason():
+    spec = models.preprocessing("efficientnet_lite0")
+    out = inference.decode_and_preprocess({"bytes": b"", "path": "/d/n01/a.jpg"}, spec, "/d")
+    assert out["error"] == "empty file (0 bytes)" and out[inference.PIXELS].shape == (3, 224, 224)
+
+
+def test_classifier_skips_unreadable_rows_and_keeps_them():
+    classifier = inference.Classifier("efficientnet_lite0", device="cpu")
+    batch = {
+        inference.PIXELS: np.zeros((3, 3, 224, 224), np.uint8), "path": np.array(["a", "b", "c"]),
+        "label": np.array(["n01", "n01", "n02"]), "error": np.array(["", "corrupt", ""]),
+    }
+    rows = classifier(batch).to_pylist()
+    assert [r["top1_name"] is None for r in rows] == [False, True, False]
+    assert rows[1]["error"] == "corrupt" and rows[1]["top5_wnid"] is None
+    assert len(rows[0]["top5_score"]) == 5
+
+
+def test_steady_throughput_excludes_the_first_batch():
+    import pandas as pd
+
+    finished = pd.Series([10.0] * 32 + [11.0] * 32 + [12.0] * 10)
+    assert inference.steady_images_per_second(finished) == 21.0
+    assert np.isnan(inference.steady_images_per_second(pd.Series([5.0] * 8)))
 
 
 def test_frozen_predictor_agrees_with_the_plain_model():

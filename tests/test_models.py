@@ -25,7 +25,7 @@ def test_resnet152_uses_imagenet_statistics():
 
 @pytest.mark.parametrize("height, width", [(97, 1500), (224, 224), (1200, 130), (13, 17)])
 def test_resize_and_crop_gives_fixed_uint8_channels_first(height, width):
-    image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8)
     pixels = models.preprocessing("efficientnet_lite0").resize_and_crop(image)
     assert pixels.shape == (3, 224, 224) and pixels.dtype == np.uint8
 

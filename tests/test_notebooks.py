@@ -49,10 +49,11 @@ def test_series_writes_predictions_and_metrics(executed):
     output_dir, _ = executed
     manifest = json.loads((output_dir / "predictions.json").read_text())
     table = pq.ParquetDataset([output_dir / f for f in manifest["files"]]).read()
-    assert table.num_rows == LIMIT == manifest["num_images"]
+    assert table.num_rows == LIMIT == manifest["num_images"] == manifest["num_rows"]
+    assert manifest["num_skipped"] == 0 and manifest["images_per_second"] > 0
     assert set(table.column_names) == {
-        "path", "label", "top1_index", "top1_wnid", "top1_name", "top1_score",
-        "top5_index", "top5_wnid", "top5_name", "top5_score",
+        "path", "label", "error", "top1_index", "top1_wnid", "top1_name", "top1_score",
+        "top5_index", "top5_wnid", "top5_name", "top5_score", "predicted_at",
     }
     assert "image" not in table.column_names and "pixels" not in table.column_names
     assert len(set(table.column("label").to_pylist())) == 7  # every class, thanks to the limit logic
