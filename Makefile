@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 OUTPUT_DIR ?= outputs
 PARAMS ?=
 
-.PHONY: install run test lab weights clean
+.PHONY: install run test lab weights data clean
 MODEL ?= resnet152
+SIZE ?= 160
 
 install: $(VENV)/.installed
 
@@ -25,6 +26,9 @@ test: install  ## unit tests, then the notebooks end to end (papermill, then nbv
 
 weights: install  ## cache a torchvision model's weights for offline use: make weights MODEL=resnet152
 	$(PY) -c "from helpers import models; models.fetch_weights('$(MODEL)')"
+
+data: install  ## download Imagenette (SIZE=160|320|full) into data/ for offline workshops
+	$(PY) -m helpers.download --size $(SIZE)
 
 lab: install  ## open the notebooks in JupyterLab
 	$(VENV)/bin/jupyter lab notebooks
