@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 OUTPUT_DIR ?= outputs
 PARAMS ?=
 
-.PHONY: install run test lab weights data clean
+.PHONY: install run test bench lab weights data clean
 MODEL ?= resnet152
 SIZE ?= 160
 
@@ -23,6 +23,9 @@ run: install  ## execute the four notebooks in order, offline, into $(OUTPUT_DIR
 
 test: install  ## unit tests, then the notebooks end to end (papermill, then nbval)
 	$(PY) -m pytest
+
+bench: install  ## model only vs a bare PyTorch loop vs the Ray Data pipeline, as a table and JSON
+	$(PY) bench/benchmark.py --output $(OUTPUT_DIR)/benchmark.json
 
 weights: install  ## cache a torchvision model's weights for offline use: make weights MODEL=resnet152
 	$(PY) -c "from helpers import models; models.fetch_weights('$(MODEL)')"

@@ -40,7 +40,8 @@ def start_or_join() -> ClusterInfo:
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
         ray.init(
-            address=address or None,
+            # "local": a new instance, never the last `ray start` cluster, which may be gone.
+            address=address or "local",
             runtime_env={"py_modules": [str(Path(helpers.__file__).parent)]},
             logging_level=logging.ERROR,
             log_to_driver=False,

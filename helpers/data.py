@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -23,6 +24,10 @@ from helpers.settings import SAMPLE_DATA
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "tif", "tiff", "bmp", "gif", "webp")
 MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit (~89 MP)
+
+
+class DataUnavailableError(OSError):
+    """``data_uri`` cannot be listed (missing bucket, unreachable endpoint, credentials)."""
 
 
 class UnreadableImage(ValueError):
@@ -70,8 +75,18 @@ def list_files(data_uri: str) -> Listing:
     """Every file under ``data_uri``, sorted: images to read, and the others with a reason."""
     filesystem, root = filesystem_and_root(resolve_data_uri(data_uri))
     listing = Listing(filesystem, root)
-    selector = pyarrow.fs.FileSelector(root, recursive=True)
-    for info in sorted(filesystem.get_file_info(selector), key=lambda info: info.path):
+    try:
+        infos = filesystem.get_file_info(pyarrow.fs.FileSelector(root, recursive=True))
+    except OSError as error:
+        hint = "Check the path." if "://" not in data_uri else (
+            "Check the bucket and path, the endpoint (AWS_ENDPOINT_URL: "
+            f"{os.environ.get('AWS_ENDPOINT_URL', 'not set')}) and the credentials "
+            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or s3://anonymous@bucket/... for public data)."
+        )
+        raise DataUnavailableError(
+            f"data_uri={data_uri!r} cannot be listed: {str(error).splitlines()[0]}. {hint}"
+        ) from None
+    for info in sorted(infos, key=lambda info: info.path):
         if info.type != pyarrow.fs.FileType.File:
             continue
         reason = _skip_reason(PurePosixPath(info.path).relative_to(PurePosixPath(root)))
@@ -149,6 +164,8 @@ def decode_image(data: bytes, at_least: int | None = None) -> torch.Tensor:
             return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
     except UnidentifiedImageError:
         raise UnreadableImage("not a readable image (unknown or corrupt format)") from None
+    except Image.DecompressionBombError as error:  # over twice the limit: Image.open refuses it
+        raise UnreadableImage(f"too large: {error}") from None
     except (OSError, RuntimeError, SyntaxError, ValueError) as error:
         if isinstance(error, UnreadableImage):
             raise

@@ -1,0 +1,173 @@
+"""Throughput benchmark: the model alone, a bare PyTorch loop, and the Ray Data pipeline.
+
+All three use the same images, the same model and the same decode/preprocess functions
+as notebook 03, in one invocation, so the ratios say what the pipeline's overlap of
+decoding with inference is worth on this machine:
+
+    python bench/benchmark.py --output outputs/benchmark.json   # or: make bench
+
+Prints a table and writes JSON: images/s for each, the ratio pipeline/bare, peak memory
+(this process and every process it started, Ray's workers included), and the pipeline's
+images/s across batch sizes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+
+from helpers import cluster, data, inference, models, settings
+
+
+class PeakMemory:
+    """Samples the memory of this process and all its descendants, keeps the peak.
+
+    Counts each process's proportional set size (PSS), so that pages shared between Ray's
+    workers (the object store, PyTorch's libraries) are counted once, not once per process.
+    """
+
+    def __init__(self, interval_s: float = 0.2):
+        self.peak_bytes = 0
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for process in [me, *me.children(recursive=True)]:
+                try:
+                    total += process.memory_full_info().pss
+                except psutil.Error:
+                    pass
+            self.peak_bytes = max(self.peak_bytes, total)
+            self._stop.wait(self._interval_s)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def model_only(predictor: inference.Predictor, pixels: np.ndarray, batch_size: int) -> float:
+    """Images/s of the model on ready uint8 tensors (normalisation included), after a warm-up."""
+    predictor.top_k(pixels[:batch_size])
+    started = time.perf_counter()
+    for start in range(0, len(pixels), batch_size):
+        predictor.top_k(pixels[start:start + batch_size])
+    return len(pixels) / (time.perf_counter() - started)
+
+
+def bare_loop(predictor: inference.Predictor, listing: data.Listing, paths: list[str], batch_size: int) -> float:
+    """Images/s of one process doing read, decode, preprocess, infer and top-5, in turn."""
+    spec = predictor.preprocessing
+    started = time.perf_counter()
+    for start in range(0, len(paths), batch_size):
+        batch = []
+        for path in paths[start:start + batch_size]:
+            with listing.filesystem.open_input_file(path) as stream:
+                image = data.decode_image(stream.read(), at_least=spec.resize_size)
+            batch.append(spec.resize_and_crop(image))
+        predictor.top_k(np.stack(batch))
+    return len(paths) / (time.perf_counter() - started)
+
+
+def pipeline(listing: data.Listing, cfg: settings.Settings, plan: inference.ActorPlan) -> dict:
+    """Notebook 03's pipeline, written to Parquet: steady images/s and the whole stage's time."""
+    summary = inference.run_batch_inference(inference.build_pipeline(listing, cfg, plan), listing, cfg, plan)
+    return {"images_per_second": summary.images_per_second, "seconds": summary.seconds,
+            "images": summary.num_images}
+
+
+def run(args: argparse.Namespace) -> dict:
+    listing = data.list_files(args.data_uri)
+    paths = data.select_images(listing.images, listing.root, args.limit)
+    listing.images = paths
+    results: dict = {
+        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                    "torch": torch.__version__, "cuda": torch.cuda.is_available()},
+        "model_name": args.model_name, "images": len(paths), "batch_size": args.batch_size,
+    }
+    with PeakMemory() as memory:
+        predictor = inference.Predictor(args.model_name)
+        spec = predictor.preprocessing
+        pixels = np.stack([
+            spec.resize_and_crop(data.decode_image(listing.filesystem.open_input_file(p).read(), spec.resize_size))
+            for p in paths
+        ])
+        results["model_only_images_per_second"] = round(model_only(predictor, pixels, args.batch_size), 2)
+        results["bare_loop_images_per_second"] = round(bare_loop(predictor, listing, paths, args.batch_size), 2)
+        del predictor, pixels
+
+        started = time.perf_counter()
+        ray_cluster = cluster.start_or_join()
+        results["ray_start_seconds"] = round(time.perf_counter() - started, 2)
+        plan = inference.plan_actors(ray_cluster, None)
+        with tempfile.TemporaryDirectory() as output_dir:
+            sweep = {}
+            for batch_size in sorted({*args.sweep, args.batch_size}):
+                cfg = settings.resolve(args.data_uri, args.model_name, output_dir, args.limit, batch_size, None)
+                sweep[batch_size] = pipeline(listing, cfg, plan)
+                print(f"pipeline, batch size {batch_size}: {sweep[batch_size]['images_per_second']:.1f} images/s",
+                      file=sys.stderr, flush=True)
+        cluster.stop()
+    chosen = sweep[args.batch_size]
+    results["pipeline_images_per_second"] = chosen["images_per_second"]
+    results["pipeline_stage_seconds"] = chosen["seconds"]
+    results["pipeline_over_bare"] = round(chosen["images_per_second"] / results["bare_loop_images_per_second"], 3)
+    results["pipeline_batch_size_sweep"] = {str(size): run["images_per_second"] for size, run in sweep.items()}
+    results["peak_memory_gib"] = round(memory.peak_bytes / 2**30, 2)
+    return results
+
+
+def table(results: dict) -> str:
+    rows = [
+        ("model only (ready tensors)", results["model_only_images_per_second"]),
+        ("bare PyTorch loop", results["bare_loop_images_per_second"]),
+        ("Ray Data pipeline (steady)", results["pipeline_images_per_second"]),
+    ]
+    lines = [f"{results['model_name']}, {results['images']} images, batch size {results['batch_size']}",
+             f"{'':<28} {'images/s':>9}"]
+    lines += [f"{name:<28} {value:>9.1f}" for name, value in rows]
+    lines.append(f"pipeline / bare loop: {results['pipeline_over_bare']:.2f}; "
+                 f"peak memory {results['peak_memory_gib']:.2f} GiB; Ray start {results['ray_start_seconds']:.1f} s")
+    lines.append("batch size sweep (pipeline images/s): " + ", ".join(
+        f"{size}: {value:.1f}" for size, value in results["pipeline_batch_size_sweep"].items()))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-uri", default=settings.SAMPLE_DATA)
+    parser.add_argument("--model-name", default=settings.OFFLINE_MODEL)
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--sweep", type=lambda text: [int(v) for v in text.split(",")], default=[8, 16, 64])
+    parser.add_argument("--output", type=Path, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    results = run(args)
+    print(table(results))
+    print(json.dumps(results, indent=2))
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
