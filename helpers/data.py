@@ -196,6 +196,17 @@ def readable(ds):
     return ds.filter(expr=col("error") == "")
 
 
+def take_images(listing: Listing, count: int) -> dict[str, np.ndarray]:
+    """Up to ``count`` readable images, from every class in turn, as one batch ordered by path.
+
+    Ray returns rows in whichever order its tasks finish; sorting makes the batch the same
+    in every run.
+    """
+    batch = readable(read_images(listing, count)).take_batch(count)
+    order = np.argsort(batch["path"], kind="stable")
+    return {column: values[order] for column, values in batch.items()}
+
+
 def _image_size(row: dict) -> dict:
     height, width = row["image"].shape[:2]
     return {"label": row["label"], "path": row["path"], "height": height, "width": width,

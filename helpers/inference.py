@@ -11,7 +11,11 @@ import shutil
 import time
 import uuid
 import warnings
+import dataclasses
+import gc
+import tempfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -255,6 +259,54 @@ def skipped_files(listing: Listing, predictions: pd.DataFrame) -> pd.DataFrame:
     ).sort_values("path", ignore_index=True)
 
 
+def batch_size_sweep(listing: Listing, settings: Settings, plan: ActorPlan,
+                     batch_sizes: tuple[int, ...] = (8, 16, 32, 64), images: int = 128) -> pd.DataFrame:
+    """Steady images/s of the pipeline at each batch size, on the same ``images`` images.
+
+    Each run writes into a temporary folder, so the series' own predictions stay as they are.
+    """
+    rows = []
+    with tempfile.TemporaryDirectory(dir=settings.output_dir, prefix=".sweep-") as scratch:
+        for batch_size in batch_sizes:
+            trial = dataclasses.replace(settings, batch_size=batch_size, output_dir=Path(scratch),
+                                        limit=min(settings.limit or images, images))
+            summary = run_batch_inference(build_pipeline(listing, trial, plan), listing, trial, plan)
+            rows.append({"batch_size": batch_size, "images_per_second": summary.images_per_second})
+    return pd.DataFrame(rows)
+
+
+class PipelineFailed(RuntimeError):
+    """The pipeline stopped with an error; the last complete run's outputs are untouched."""
+
+
+def _execute(predictions, run_dir: str) -> str | None:
+    """Write the predictions; on failure return the error as text, with every reference to
+    the failed execution dropped and collected, so Ray releases its actors and their CPUs.
+
+    A traceback kept alive (by the caller, or by Jupyter's ``sys.last_traceback``) would
+    otherwise keep the actors alive, and the next run would wait forever for their CPUs.
+    """
+    try:
+        predictions.write_parquet(run_dir)
+        return None
+    except Exception as error:  # noqa: BLE001 - reported to the caller below
+        failure = f"The pipeline failed: {_first_error_line(error)}"
+    gc.collect()
+    return failure
+
+
+def _first_error_line(error: BaseException) -> str:
+    """The user's own error inside Ray's wrappers, whose text carries the remote traceback.
+
+    ``ValueError: boom`` rather than ``UserCodeException: UDF failed to process a block``.
+    """
+    for line in str(error).splitlines():
+        name, colon, _ = line.strip().partition(":")
+        if colon and name.isidentifier() and name.endswith(("Error", "Exception")) and not name.startswith("Ray"):
+            return line.strip()
+    return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+
+
 def run_batch_inference(predictions, listing: Listing, settings: Settings, plan: ActorPlan) -> RunSummary:
     """Execute the ``predictions`` pipeline into Parquet, replacing the last run atomically.
 
@@ -267,8 +319,13 @@ def run_batch_inference(predictions, listing: Listing, settings: Settings, plan:
     run_dir = settings.predictions_dir / run_id
     with native_stderr_to(settings.output_dir / "logs" / "ray-core.log"):
         started = time.perf_counter()
-        predictions.write_parquet(str(run_dir))
+        failure = _execute(predictions, str(run_dir))
         seconds = time.perf_counter() - started
+    if failure:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise PipelineFailed(
+            f"{failure}\nThe previous predictions in {settings.output_dir} are unchanged."
+        )
     files = sorted(run_dir.glob("*.parquet"))
     written = pd.read_parquet(run_dir, columns=["path", "error", "predicted_at"])
     skipped = skipped_files(listing, written)

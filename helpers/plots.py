@@ -95,6 +95,20 @@ def confusion_figure(matrix: pd.DataFrame) -> plt.Figure:
     return figure
 
 
+def throughput_figure(sweep: pd.DataFrame) -> plt.Figure:
+    """Images per second against batch size."""
+    figure, axis = plt.subplots(figsize=(5.5, 3.8))
+    axis.plot(sweep["batch_size"], sweep["images_per_second"], marker="o")
+    axis.set_xscale("log", base=2)
+    axis.set_xticks(sweep["batch_size"], [str(size) for size in sweep["batch_size"]])
+    axis.set_xlabel("batch size")
+    axis.set_ylabel("images / s (steady state)")
+    axis.set_ylim(bottom=0)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
 def save(figure: plt.Figure, folder: Path, name: str) -> Path:
     """Save a figure as PNG under ``folder`` and return its path."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -61,7 +61,8 @@ def test_series_writes_predictions_and_metrics(executed):
     assert metrics["num_images"] == LIMIT and metrics["model_name"] == "efficientnet_lite0"
     assert 0.3 <= metrics["top1"] <= metrics["top5"] <= 1.0
     assert metrics["images_per_second"] > 0
-    for figure in ("01_sample_images", "01_image_sizes", "02_top5", "04_confusion_matrix", "04_misclassified"):
+    for figure in ("01_sample_images", "01_image_sizes", "02_top5", "03_batch_size_throughput",
+                   "04_confusion_matrix", "04_misclassified"):
         assert (output_dir / "figures" / f"{figure}.png").stat().st_size > 10_000
 
 
