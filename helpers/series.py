@@ -28,7 +28,8 @@ CELL_TIMEOUT_S = 1800
 RAY_START_TIMEOUT_S = 120
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -43,8 +44,9 @@ def local_ray_head(log_path: Path):
     if os.environ.get("RAY_ADDRESS"):
         yield os.environ["RAY_ADDRESS"]
         return
+    auth_mode_was_set = "RAY_AUTH_MODE" in os.environ
     os.environ.setdefault("RAY_AUTH_MODE", "token")
-    port = _free_port()
+    port = free_port()
     with open(log_path, "ab") as log:
         head = subprocess.Popen(
             [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
@@ -59,12 +61,13 @@ def local_ray_head(log_path: Path):
         yield address
     finally:
         os.environ.pop("RAY_ADDRESS", None)
+        if not auth_mode_was_set:
+            os.environ.pop("RAY_AUTH_MODE", None)
         head.terminate()  # `ray start --block` stops its processes on SIGTERM
         try:
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
-
 
 
 def _wait_until_started(log_path: Path, process: subprocess.Popen) -> None:

@@ -32,7 +32,7 @@ def two_nodes(tmp_path_factory):
     """A head with no CPUs (so all work must go elsewhere) and a worker node, started from an
     unrelated directory, that carries the custom resource ``second_node``."""
     logs, elsewhere = tmp_path_factory.mktemp("logs"), tmp_path_factory.mktemp("unrelated")
-    port = series._free_port()
+    port = series.free_port()
     saved = {name: os.environ.get(name) for name in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
     os.environ["RAY_AUTH_MODE"] = "token"
     head = _start(["--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false"],

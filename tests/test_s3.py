@@ -17,16 +17,10 @@ LIMIT = 42
 S3_NOTEBOOKS = tuple(nb for nb in series.NOTEBOOKS if not nb.name.startswith("02"))
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint(tmp_path_factory):
     """A moto S3 server on 127.0.0.1, with the AWS variables pointing at it."""
-    port = _free_port()
+    port = series.free_port()
     log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
     server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
                               stdout=log, stderr=subprocess.STDOUT)
@@ -93,7 +87,7 @@ def test_a_missing_bucket_fails_fast_naming_the_uri(s3_endpoint):
 
 
 def test_an_unreachable_endpoint_fails_within_a_minute(s3_endpoint, monkeypatch):
-    closed = f"http://127.0.0.1:{_free_port()}"
+    closed = f"http://127.0.0.1:{series.free_port()}"
     monkeypatch.setenv("AWS_ENDPOINT_URL", closed)
     started = time.monotonic()
     with pytest.raises(data.DataUnavailableError) as error:
