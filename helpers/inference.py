@@ -263,13 +263,14 @@ def batch_size_sweep(listing: Listing, settings: Settings, plan: ActorPlan,
                      batch_sizes: tuple[int, ...] = (8, 16, 32, 64), images: int = 128) -> pd.DataFrame:
     """Steady images/s of the pipeline at each batch size, on the same ``images`` images.
 
+    Batch sizes that give fewer than two batches (no steady state to measure) are left out.
     Each run writes into a temporary folder, so the series' own predictions stay as they are.
     """
+    images = min(settings.limit or images, images, len(listing.images))
     rows = []
     with tempfile.TemporaryDirectory(dir=settings.output_dir, prefix=".sweep-") as scratch:
-        for batch_size in batch_sizes:
-            trial = dataclasses.replace(settings, batch_size=batch_size, output_dir=Path(scratch),
-                                        limit=min(settings.limit or images, images))
+        for batch_size in (size for size in batch_sizes if 2 * size <= images):
+            trial = dataclasses.replace(settings, batch_size=batch_size, output_dir=Path(scratch), limit=images)
             summary = run_batch_inference(build_pipeline(listing, trial, plan), listing, trial, plan)
             rows.append({"batch_size": batch_size, "images_per_second": summary.images_per_second})
     return pd.DataFrame(rows)
