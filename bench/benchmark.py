@@ -26,7 +26,7 @@ import numpy as np
 import psutil
 import torch
 
-from helpers import cluster, data, inference, models, settings
+from helpers import cluster, data, inference, settings
 
 
 class PeakMemory:
@@ -63,6 +63,11 @@ class PeakMemory:
         self._thread.join()
 
 
+def read_bytes(listing: data.Listing, path: str) -> bytes:
+    with listing.filesystem.open_input_file(path) as stream:
+        return stream.read()
+
+
 def model_only(predictor: inference.Predictor, pixels: np.ndarray, batch_size: int) -> float:
     """Images/s of the model on ready uint8 tensors (normalisation included), after a warm-up."""
     predictor.top_k(pixels[:batch_size])
@@ -79,8 +84,7 @@ def bare_loop(predictor: inference.Predictor, listing: data.Listing, paths: list
     for start in range(0, len(paths), batch_size):
         batch = []
         for path in paths[start:start + batch_size]:
-            with listing.filesystem.open_input_file(path) as stream:
-                image = data.decode_image(stream.read(), at_least=spec.resize_size)
+            image = data.decode_image(read_bytes(listing, path), at_least=spec.resize_size)
             batch.append(spec.resize_and_crop(image))
         predictor.top_k(np.stack(batch))
     return len(paths) / (time.perf_counter() - started)
@@ -106,8 +110,8 @@ def run(args: argparse.Namespace) -> dict:
         predictor = inference.Predictor(args.model_name)
         spec = predictor.preprocessing
         pixels = np.stack([
-            spec.resize_and_crop(data.decode_image(listing.filesystem.open_input_file(p).read(), spec.resize_size))
-            for p in paths
+            spec.resize_and_crop(data.decode_image(read_bytes(listing, path), spec.resize_size))
+            for path in paths
         ])
         results["model_only_images_per_second"] = round(model_only(predictor, pixels, args.batch_size), 2)
         results["bare_loop_images_per_second"] = round(bare_loop(predictor, listing, paths, args.batch_size), 2)
