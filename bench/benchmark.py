@@ -90,13 +90,6 @@ def bare_loop(predictor: inference.Predictor, listing: data.Listing, paths: list
     return len(paths) / (time.perf_counter() - started)
 
 
-def pipeline(listing: data.Listing, cfg: settings.Settings, plan: inference.ActorPlan) -> dict:
-    """Notebook 03's pipeline, written to Parquet: steady images/s and the whole stage's time."""
-    summary = inference.run_batch_inference(inference.build_pipeline(listing, cfg, plan), listing, cfg, plan)
-    return {"images_per_second": summary.images_per_second, "seconds": summary.seconds,
-            "images": summary.num_images}
-
-
 def run(args: argparse.Namespace) -> dict:
     listing = data.list_files(args.data_uri)
     paths = data.select_images(listing.images, listing.root, args.limit)
@@ -122,18 +115,18 @@ def run(args: argparse.Namespace) -> dict:
         results["ray_start_seconds"] = round(time.perf_counter() - started, 2)
         plan = inference.plan_actors(ray_cluster, None)
         with tempfile.TemporaryDirectory() as output_dir:
-            sweep = {}
-            for batch_size in sorted({*args.sweep, args.batch_size}):
-                cfg = settings.resolve(args.data_uri, args.model_name, output_dir, args.limit, batch_size, None)
-                sweep[batch_size] = pipeline(listing, cfg, plan)
-                print(f"pipeline, batch size {batch_size}: {sweep[batch_size]['images_per_second']:.1f} images/s",
-                      file=sys.stderr, flush=True)
+            cfg = settings.resolve(args.data_uri, args.model_name, output_dir, args.limit, args.batch_size, None)
+            sizes = tuple(sorted({*args.sweep, args.batch_size}))
+            sweep = inference.batch_size_sweep(listing, cfg, plan, sizes, images=len(paths)).set_index("batch_size")
         cluster.stop()
-    chosen = sweep[args.batch_size]
-    results["pipeline_images_per_second"] = chosen["images_per_second"]
-    results["pipeline_stage_seconds"] = chosen["seconds"]
+    if args.batch_size not in sweep.index:
+        raise SystemExit(f"--batch-size {args.batch_size} needs at least {2 * args.batch_size} images "
+                         "for a steady-state measure: raise --limit or lower --batch-size.")
+    chosen = sweep.loc[args.batch_size]
+    results["pipeline_images_per_second"] = float(chosen["images_per_second"])
+    results["pipeline_stage_seconds"] = float(chosen["seconds"])
     results["pipeline_over_bare"] = round(chosen["images_per_second"] / results["bare_loop_images_per_second"], 3)
-    results["pipeline_batch_size_sweep"] = {str(size): run["images_per_second"] for size, run in sweep.items()}
+    results["pipeline_batch_size_sweep"] = {str(size): float(rate) for size, rate in sweep["images_per_second"].items()}
     results["peak_memory_gib"] = round(memory.peak_bytes / 2**30, 2)
     return results
 

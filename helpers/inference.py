@@ -30,6 +30,7 @@ from helpers.storage import write_json_atomically
 
 PIXELS = "pixels"
 TOP_K = 5
+READER_CPUS = 0.5  # per read-and-decode task; unlike the actors' share, so Ray won't fuse the two
 
 
 def decode_and_preprocess(row: dict, preprocessing: models.Preprocessing, root: str) -> dict:
@@ -179,7 +180,7 @@ def plan_actors(cluster: ClusterInfo, num_actors: int | None) -> ActorPlan:
                 f"num_actors={num_actors} is more than this cluster's {gpus} GPU(s) can host: "
                 f"use at most {gpus}, or None for one actor per GPU."
             )
-        return ActorPlan(actors, num_cpus=1, num_gpus=1, threads=max(1, cpus // actors), reader_cpus=0.5)
+        return ActorPlan(actors, num_cpus=1, num_gpus=1, threads=max(1, cpus // actors), reader_cpus=READER_CPUS)
     if cpus < 1:
         raise SettingsError("Ray reports no CPUs: check the cluster (`ray status`).")
     spare = max(1, cpus - max(1, cpus // 4))  # cores left after reading and decoding
@@ -195,7 +196,7 @@ def plan_actors(cluster: ClusterInfo, num_actors: int | None) -> ActorPlan:
         num_cpus=min(cpus_per_actor, spare / actors),
         num_gpus=0,
         threads=max(1, cpus // actors),
-        reader_cpus=0.5,
+        reader_cpus=READER_CPUS,
     )
 
 
@@ -261,7 +262,8 @@ def skipped_files(listing: Listing, predictions: pd.DataFrame) -> pd.DataFrame:
 
 def batch_size_sweep(listing: Listing, settings: Settings, plan: ActorPlan,
                      batch_sizes: tuple[int, ...] = (8, 16, 32, 64), images: int = 128) -> pd.DataFrame:
-    """Steady images/s of the pipeline at each batch size, on the same ``images`` images.
+    """Steady images/s (and the whole stage's seconds) of the pipeline at each batch size,
+    on the same ``images`` images.
 
     Batch sizes that give fewer than two batches (no steady state to measure) are left out.
     Each run writes into a temporary folder, so the series' own predictions stay as they are.
@@ -272,7 +274,8 @@ def batch_size_sweep(listing: Listing, settings: Settings, plan: ActorPlan,
         for batch_size in (size for size in batch_sizes if 2 * size <= images):
             trial = dataclasses.replace(settings, batch_size=batch_size, output_dir=Path(scratch), limit=images)
             summary = run_batch_inference(build_pipeline(listing, trial, plan), listing, trial, plan)
-            rows.append({"batch_size": batch_size, "images_per_second": summary.images_per_second})
+            rows.append({"batch_size": batch_size, "images_per_second": summary.images_per_second,
+                         "seconds": summary.seconds})
     return pd.DataFrame(rows)
 
 
