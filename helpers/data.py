@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -21,6 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from helpers import sample
 from helpers.settings import SAMPLE_DATA
+from helpers.storage import s3_hint
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "tif", "tiff", "bmp", "gif", "webp")
 MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit (~89 MP)
@@ -78,11 +78,7 @@ def list_files(data_uri: str) -> Listing:
     try:
         infos = filesystem.get_file_info(pyarrow.fs.FileSelector(root, recursive=True))
     except OSError as error:
-        hint = "Check the path." if "://" not in data_uri else (
-            "Check the bucket and path, the endpoint (AWS_ENDPOINT_URL: "
-            f"{os.environ.get('AWS_ENDPOINT_URL', 'not set')}) and the credentials "
-            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or s3://anonymous@bucket/... for public data)."
-        )
+        hint = "Check the path." if "://" not in data_uri else s3_hint()
         raise DataUnavailableError(
             f"data_uri={data_uri!r} cannot be listed: {str(error).splitlines()[0]}. {hint}"
         ) from None

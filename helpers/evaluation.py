@@ -1,12 +1,11 @@
 """Evaluating predictions against the folder labels: accuracy, per-class table, confusion."""
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 
 from helpers import labels
 from helpers.settings import Settings
+from helpers.storage import read_csv, read_json, read_parquet
 
 OTHER = "(other)"
 
@@ -27,7 +26,7 @@ def load_predictions(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, di
             f"No predictions in {settings.output_dir} ({manifest_path.name} is missing): run "
             "notebook 03_distributed_inference.ipynb first with the same output_dir."
         )
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_json(manifest_path)
     files = [settings.output_dir / name for name in [*manifest["files"], manifest["skipped_file"]]]
     missing = [str(path) for path in files if not path.exists()]
     if missing:
@@ -35,8 +34,8 @@ def load_predictions(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, di
             f"The predictions of run {manifest['run_id']} are incomplete: {len(missing)} file(s) "
             f"missing, e.g. {missing[0]}. Re-run notebook 03_distributed_inference.ipynb."
         )
-    frame = pd.concat([pd.read_parquet(path) for path in files[:-1]], ignore_index=True)
-    skipped = pd.read_csv(files[-1], keep_default_na=False)
+    frame = read_parquet(files[:-1])
+    skipped = read_csv(files[-1], keep_default_na=False)
     if len(frame) != manifest["num_rows"] or len(skipped) != manifest["num_skipped"]:
         raise PredictionsError(
             f"The predictions of run {manifest['run_id']} hold {len(frame)} rows and "

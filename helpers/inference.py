@@ -5,17 +5,14 @@ notebook 03's ``map_batches``, so the two can never disagree.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import gc
 import math
-import os
-import shutil
 import time
 import uuid
 import warnings
-import dataclasses
-import gc
-import tempfile
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,7 +23,7 @@ from helpers import labels, models
 from helpers.cluster import ClusterInfo, native_stderr_to
 from helpers.data import Listing, UnreadableImage, class_folder, decode_image, read_image_files
 from helpers.settings import Settings, SettingsError
-from helpers.storage import write_json_atomically
+from helpers.storage import Location, read_parquet, write_csv, write_json
 
 PIXELS = "pixels"
 TOP_K = 5
@@ -266,16 +263,20 @@ def batch_size_sweep(listing: Listing, settings: Settings, plan: ActorPlan,
     on the same ``images`` images.
 
     Batch sizes that give fewer than two batches (no steady state to measure) are left out.
-    Each run writes into a temporary folder, so the series' own predictions stay as they are.
+    Each run writes into a scratch folder beside the outputs, deleted at the end, so the
+    series' own predictions stay as they are.
     """
     images = min(settings.limit or images, images, len(listing.images))
+    scratch = settings.output_dir / f".sweep-{uuid.uuid4().hex[:8]}"
     rows = []
-    with tempfile.TemporaryDirectory(dir=settings.output_dir, prefix=".sweep-") as scratch:
+    try:
         for batch_size in (size for size in batch_sizes if 2 * size <= images):
-            trial = dataclasses.replace(settings, batch_size=batch_size, output_dir=Path(scratch), limit=images)
+            trial = dataclasses.replace(settings, batch_size=batch_size, output_dir=scratch, limit=images)
             summary = run_batch_inference(build_pipeline(listing, trial, plan), listing, trial, plan)
             rows.append({"batch_size": batch_size, "images_per_second": summary.images_per_second,
                          "seconds": summary.seconds})
+    finally:
+        scratch.delete()
     return pd.DataFrame(rows)
 
 
@@ -283,7 +284,7 @@ class PipelineFailed(RuntimeError):
     """The pipeline stopped with an error; the last complete run's outputs are untouched."""
 
 
-def _execute(predictions, run_dir: str) -> str | None:
+def _execute(predictions, run_dir: Location) -> str | None:
     """Write the predictions; on failure return the error as text, with every reference to
     the failed execution dropped and collected, so Ray releases its actors and their CPUs.
 
@@ -291,7 +292,7 @@ def _execute(predictions, run_dir: str) -> str | None:
     otherwise keep the actors alive, and the next run would wait forever for their CPUs.
     """
     try:
-        predictions.write_parquet(run_dir)
+        predictions.write_parquet(run_dir.path, filesystem=run_dir.filesystem)
         return None
     except Exception as error:  # noqa: BLE001 - reported to the caller below
         failure = f"The pipeline failed: {_first_error_line(error)}"
@@ -315,36 +316,36 @@ def run_batch_inference(predictions, listing: Listing, settings: Settings, plan:
     """Execute the ``predictions`` pipeline into Parquet, replacing the last run atomically.
 
     Each run writes into a fresh folder, with ``skipped.csv`` beside it; only when both are
-    complete does ``predictions.json`` (replaced in one rename) point at them, so an
+    complete does ``predictions.json`` (replaced in one step) point at them, so an
     interrupted run leaves the previous predictions readable. Older runs are then deleted.
+    The same holds in a bucket: an S3 object appears only once it is completely uploaded.
     """
     models.fetch_weights(settings.model_name)  # fail fast on the driver, not in every actor
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     run_dir = settings.predictions_dir / run_id
-    with native_stderr_to(settings.output_dir / "logs" / "ray-core.log"):
+    with native_stderr_to(settings.logs_dir / "ray-core.log"):
         started = time.perf_counter()
-        failure = _execute(predictions, str(run_dir))
+        failure = _execute(predictions, run_dir)
         seconds = time.perf_counter() - started
     if failure:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        raise PipelineFailed(
-            f"{failure}\nThe previous predictions in {settings.output_dir} are unchanged."
-        )
-    files = sorted(run_dir.glob("*.parquet"))
-    written = pd.read_parquet(run_dir, columns=["path", "error", "predicted_at"])
+        with contextlib.suppress(OSError):  # keep the pipeline's error, not the clean-up's
+            run_dir.delete()
+        raise PipelineFailed(f"{failure}\nThe previous predictions in {settings.output_dir} are unchanged.")
+    files = [child for child in run_dir.children() if child.name.endswith(".parquet")]
+    written = read_parquet(files, columns=["path", "error", "predicted_at"])
     skipped = skipped_files(listing, written)
-    skipped.to_csv(run_dir / "skipped.csv", index=False)
+    write_csv(run_dir / "skipped.csv", skipped, index=False)
     summary = RunSummary(
-        run_id=run_id, files=[os.path.relpath(f, settings.output_dir) for f in files],
-        skipped_file=os.path.relpath(run_dir / "skipped.csv", settings.output_dir),
+        run_id=run_id, files=[file.relative_to(settings.output_dir) for file in files],
+        skipped_file=(run_dir / "skipped.csv").relative_to(settings.output_dir),
         num_rows=len(written), num_images=int((written["error"] == "").sum()),
         num_skipped=len(skipped), seconds=round(seconds, 3),
         images_per_second=round(steady_images_per_second(written["predicted_at"]), 2),
         model_name=settings.model_name, data_uri=settings.data_uri, limit=settings.limit,
         batch_size=settings.batch_size, num_actors=plan.num_actors, threads_per_actor=plan.threads,
     )
-    write_json_atomically(settings.predictions_manifest, asdict(summary))
-    for old in settings.predictions_dir.iterdir():
+    write_json(settings.predictions_manifest, asdict(summary))
+    for old in settings.predictions_dir.children():
         if old.name != run_id:
-            shutil.rmtree(old, ignore_errors=True)
+            old.delete()
     return summary

@@ -1,9 +1,9 @@
 """Figures for the notebooks: image grids, top-5 bars, the confusion matrix."""
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -12,6 +12,7 @@ from PIL import Image
 
 from helpers.data import decode_image, filesystem_and_root, resolve_data_uri
 from helpers.labels import label_to_name
+from helpers.storage import Location
 
 
 def load_thumbnail(path: str, filesystem, size: int = 256) -> np.ndarray:
@@ -109,9 +110,10 @@ def throughput_figure(sweep: pd.DataFrame) -> plt.Figure:
     return figure
 
 
-def save(figure: plt.Figure, folder: Path, name: str) -> Path:
-    """Save a figure as PNG under ``folder`` and return its path."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.png"
-    figure.savefig(path, dpi=110, bbox_inches="tight")
-    return path
+def save(figure: plt.Figure, folder: Location, name: str) -> Location:
+    """Save a figure as PNG under ``folder`` (local or in a bucket) and return where."""
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=110, bbox_inches="tight")
+    location = folder / f"{name}.png"
+    location.write_bytes(image.getvalue())
+    return location

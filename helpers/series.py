@@ -89,6 +89,9 @@ def execute_series(
 ) -> dict[str, float]:
     """Run ``notebooks`` in order into ``<output_dir>/notebooks``; return seconds per step.
 
+    The notebooks write their outputs into ``output_dir`` too, unless ``parameters`` name
+    another ``output_dir`` (an ``s3://`` URI, say); executed notebooks and logs stay here.
+
     Ray Data's progress bars are turned off in the kernels: executed notebooks stay readable.
     """
     output_dir = Path(output_dir).resolve()
@@ -114,7 +117,7 @@ def _execute_each(notebooks, executed_dir: Path, output_dir: Path, parameters: d
         papermill.execute_notebook(
             str(notebook),
             str(executed_dir / notebook.name),
-            parameters={**(parameters or {}), "output_dir": str(output_dir)},
+            parameters={"output_dir": str(output_dir), **(parameters or {})},
             kernel_name="python3",
             cwd=str(notebook.parent),
             progress_bar=progress,

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from helpers import PROJECT_ROOT
+from helpers.storage import Location, s3_hint
 
 OFFLINE_MODEL = "efficientnet_lite0"
 SAMPLE_DATA = "sample"
@@ -43,28 +44,34 @@ def check_model_name(model_name: str) -> None:
 class Settings:
     data_uri: str  # "sample", an absolute local folder, or an s3:// URI
     model_name: str
-    output_dir: Path
+    output_dir: Location  # a local folder or an s3:// prefix
     limit: int | None
     batch_size: int
     num_actors: int | None
 
     @property
-    def predictions_dir(self) -> Path:
+    def predictions_dir(self) -> Location:
         """Parquet files of the current predictions (one folder per run, see inference)."""
         return self.output_dir / "predictions"
 
     @property
-    def predictions_manifest(self) -> Path:
+    def predictions_manifest(self) -> Location:
         """The JSON that names the current, complete predictions run and its throughput."""
         return self.output_dir / "predictions.json"
 
     @property
-    def metrics_path(self) -> Path:
+    def metrics_path(self) -> Location:
         return self.output_dir / "metrics.json"
 
     @property
-    def figures_dir(self) -> Path:
+    def figures_dir(self) -> Location:
         return self.output_dir / "figures"
+
+    @property
+    def logs_dir(self) -> Path:
+        """Ray's native logs stay on this machine: in the output folder, or in the project's
+        ``outputs/logs`` when the outputs go to a bucket."""
+        return Path(self.output_dir.path if self.output_dir.is_local else PROJECT_ROOT / "outputs") / "logs"
 
 
 def _project_path(path: str | os.PathLike) -> Path:
@@ -98,20 +105,24 @@ def _check_data_uri(data_uri) -> str:
     return str(folder)
 
 
-def _check_output_dir(output_dir) -> Path:
+def _check_output_dir(output_dir) -> Location:
+    """The output folder, created if needed, after writing and deleting a probe file in it."""
     if not isinstance(output_dir, (str, os.PathLike)) or not str(output_dir).strip():
-        raise SettingsError(f"output_dir={output_dir!r} is empty: name a writable folder.")
-    folder = _project_path(output_dir)
+        raise SettingsError(f"output_dir={output_dir!r} is empty: name a writable folder or an s3:// URI.")
+    remote = "://" in str(output_dir)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
-            pass
+        location = Location.parse(output_dir if remote else _project_path(output_dir))
+        if location.is_local:
+            location.mkdir()
+        probe = location / f".write-check-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"")
+        probe.delete()
     except OSError as error:
+        fix = s3_hint() if remote else "Choose a folder you can write to."
         raise SettingsError(
-            f"output_dir={output_dir!r} is not writable ({error.strerror}): choose a folder "
-            "you can write to."
+            f"output_dir={str(output_dir)!r} is not writable ({str(error).splitlines()[0]}). {fix}"
         ) from None
-    return folder
+    return location
 
 
 def resolve(

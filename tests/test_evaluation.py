@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -50,7 +51,7 @@ def test_confusion_keeps_the_classes_with_most_errors():
 
 
 def _write_run(cfg, rows=3, recorded=3):
-    run = cfg.predictions_dir / "run1"
+    run = Path(cfg.predictions_dir.path) / "run1"
     run.mkdir(parents=True)
     frame = _frame().head(rows)
     frame.loc[0, "error"] = "corrupt or truncated: image file is truncated"
@@ -77,6 +78,6 @@ def test_load_predictions_refuses_missing_partial_and_mismatched_runs(tmp_path):
     _write_run(cfg, rows=3, recorded=4)
     with pytest.raises(evaluation.PredictionsError, match="hold 3 rows and 2 skipped files, but the run recorded 4"):
         evaluation.load_predictions(cfg)
-    (cfg.predictions_dir / "run1" / "part-0.parquet").unlink()
+    (cfg.predictions_dir / "run1" / "part-0.parquet").delete()
     with pytest.raises(evaluation.PredictionsError, match="1 file.s. missing"):
         evaluation.load_predictions(cfg)

@@ -492,7 +492,7 @@ def test_a_failed_rerun_keeps_the_previous_predictions(messy, series_output, ray
     # The next complete run replaces it, and leaves neither the old nor the broken run behind.
     summary = inference.run_batch_inference(inference.build_pipeline(listing, cfg, plan), listing, cfg, plan)
     assert summary.run_id != manifest["run_id"] and summary.num_images == len(messy.readable)
-    assert [p.name for p in cfg.predictions_dir.iterdir()] == [summary.run_id]
+    assert [p.name for p in cfg.predictions_dir.children()] == [summary.run_id]
     frame_new, _, _ = evaluation.load_predictions(cfg)
     assert list(frame_new["path"]) == list(frame_before["path"])
 

@@ -1,5 +1,4 @@
 """The series against a real S3-compatible server (moto's server mode) on 127.0.0.1."""
-import json
 import os
 import socket
 import subprocess
@@ -10,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from helpers import data, series, settings
+from helpers import data, series, settings, storage
+from helpers.storage import Location
 
 BUCKET = "imagenette-like"
 LIMIT = 42
@@ -64,19 +64,37 @@ def test_anonymous_uri_reads_the_same_bucket(bucket):
 
 
 def test_notebooks_on_s3_report_the_same_as_on_the_local_copy(bucket, tmp_path):
-    from_s3, local = tmp_path / "s3", tmp_path / "local"
-    series.execute_series(from_s3, {"data_uri": bucket, "limit": LIMIT}, notebooks=S3_NOTEBOOKS, progress=False)
-    series.execute_series(local, {"data_uri": "sample", "limit": LIMIT}, notebooks=S3_NOTEBOOKS[1:], progress=False)
-    s3_metrics, local_metrics = (json.loads((d / "metrics.json").read_text()) for d in (from_s3, local))
+    """Images from the bucket, predictions and metrics back into it; the same as locally."""
+    outputs = f"s3://{BUCKET}/outputs"
+    series.execute_series(tmp_path / "s3", {"data_uri": bucket, "output_dir": outputs, "limit": LIMIT},
+                          notebooks=S3_NOTEBOOKS, progress=False)
+    series.execute_series(tmp_path / "local", {"data_uri": "sample", "limit": LIMIT},
+                          notebooks=S3_NOTEBOOKS[1:], progress=False)
+    in_bucket, local = Location.parse(outputs), Location.parse(tmp_path / "local")
+    s3_metrics, local_metrics = (storage.read_json(root / "metrics.json") for root in (in_bucket, local))
     assert s3_metrics["num_images"] == local_metrics["num_images"] == LIMIT
     assert (s3_metrics["top1"], s3_metrics["top5"]) == (local_metrics["top1"], local_metrics["top5"])
 
-    def predictions(folder: Path) -> pd.Series:
-        manifest = json.loads((folder / "predictions.json").read_text())
-        frame = pd.concat(pd.read_parquet(folder / f) for f in manifest["files"])
+    def predictions(root: Location) -> pd.Series:
+        frame = storage.read_parquet([root / f for f in storage.read_json(root / "predictions.json")["files"]])
         return frame.set_index(frame["path"].str.split("/").str[-2:].str.join("/"))["top1_wnid"].sort_index()
 
-    pd.testing.assert_series_equal(predictions(from_s3), predictions(local))
+    pd.testing.assert_series_equal(predictions(in_bucket), predictions(local))
+    import boto3
+
+    keys = [item["Key"] for item in boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="outputs/")["Contents"]]
+    assert {"outputs/predictions.json", "outputs/metrics.json", "outputs/per_class.csv",
+            "outputs/figures/04_confusion_matrix.png"} <= set(keys)
+    assert any(key.startswith("outputs/predictions/") and key.endswith(".parquet") for key in keys)
+    assert not any("/.sweep-" in key or "/.write-check-" in key for key in keys)
+    assert not (tmp_path / "s3" / "predictions.json").exists()  # only notebooks and logs stay local
+
+
+def test_an_output_dir_in_a_missing_bucket_fails_fast_naming_it(s3_endpoint):
+    started = time.monotonic()
+    with pytest.raises(settings.SettingsError, match="output_dir='s3://no-such-bucket/out' is not writable"):
+        settings.resolve(output_dir="s3://no-such-bucket/out")
+    assert time.monotonic() - started < 60
 
 
 def test_a_missing_bucket_fails_fast_naming_the_uri(s3_endpoint):

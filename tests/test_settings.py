@@ -7,7 +7,7 @@ from helpers.settings import SettingsError
 def test_defaults_resolve(tmp_path):
     cfg = settings.resolve(output_dir=tmp_path)
     assert cfg.data_uri == "sample" and cfg.model_name == "efficientnet_lite0"
-    assert cfg.output_dir == tmp_path and cfg.limit is None and cfg.batch_size == 32
+    assert str(cfg.output_dir) == str(tmp_path) and cfg.limit is None and cfg.batch_size == 32
 
 
 def test_relative_paths_are_relative_to_the_project(tmp_path, monkeypatch):
@@ -15,7 +15,7 @@ def test_relative_paths_are_relative_to_the_project(tmp_path, monkeypatch):
     (tmp_path / "images").mkdir()
     cfg = settings.resolve(data_uri="images", output_dir="out")
     assert cfg.data_uri == str(tmp_path / "images")
-    assert cfg.output_dir == tmp_path / "out" and cfg.output_dir.is_dir()
+    assert str(cfg.output_dir) == str(tmp_path / "out") and (tmp_path / "out").is_dir()
 
 
 @pytest.mark.parametrize(
