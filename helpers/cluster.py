@@ -33,20 +33,62 @@ class ClusterInfo:
         )
 
 
+# Ray's servers listen on 127.0.0.1 only when the node's IP is exactly 127.0.0.1, and Ray
+# replaces 127.0.0.1 by the machine's IP unless multi-node clusters are turned off with this
+# variable (read when Ray is imported). Without it gcs_server, raylet and every worker listen
+# on all interfaces, and Ray's runtime-env agent on the machine's IP.
+LOOPBACK_ONLY_VARIABLE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def environment(**values: str):
+    """Within: these environment variables set (for child processes too); restored after."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
+def loopback_only():
+    """Within: Ray instances started by this process, and drivers that join them, keep
+    127.0.0.1 as their node IP, so that every port Ray opens listens on 127.0.0.1 only."""
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False  # for this process, in case Ray was imported before
+    try:
+        with environment(**{LOOPBACK_ONLY_VARIABLE: "0"}):  # for the processes started meanwhile
+            yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
 def start_or_join() -> ClusterInfo:
-    """Connect this process to Ray (once) and describe the cluster."""
+    """Connect this process to Ray (once) and describe the cluster.
+
+    Without ``RAY_ADDRESS`` a new local instance starts, listening on 127.0.0.1 only, with
+    the dashboard off and token authentication as Ray's default.
+    """
     import ray
 
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
-        ray.init(
-            # "local": a new instance, never the last `ray start` cluster, which may be gone.
-            address=address or "local",
-            runtime_env={"py_modules": [str(Path(helpers.__file__).parent)]},
-            logging_level=logging.ERROR,
-            log_to_driver=False,
-            **({} if address else {"include_dashboard": False, "_node_ip_address": "127.0.0.1"}),
-        )
+        with contextlib.nullcontext() if address else loopback_only():
+            ray.init(
+                # "local": a new instance, never the last `ray start` cluster, which may be gone.
+                address=address or "local",
+                runtime_env={"py_modules": [str(Path(helpers.__file__).parent)]},
+                logging_level=logging.ERROR,
+                log_to_driver=False,
+                **({} if address else {"include_dashboard": False, "_node_ip_address": "127.0.0.1"}),
+            )
         _quiet_ray_data()
     resources = ray.cluster_resources()
     return ClusterInfo(

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from helpers import PROJECT_ROOT
+from helpers.cluster import LOOPBACK_ONLY_VARIABLE, environment
 
 NOTEBOOKS = tuple(sorted((PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")))
 CELL_TIMEOUT_S = 1800
@@ -44,30 +45,27 @@ def local_ray_head(log_path: Path):
     if os.environ.get("RAY_ADDRESS"):
         yield os.environ["RAY_ADDRESS"]
         return
-    auth_mode_was_set = "RAY_AUTH_MODE" in os.environ
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
-    port = free_port()
-    with open(log_path, "ab") as log:
-        head = subprocess.Popen(
-            [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
-             "--node-ip-address=127.0.0.1", f"--port={port}", "--include-dashboard=false",
-             "--disable-usage-stats"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    address = f"127.0.0.1:{port}"
-    try:
-        _wait_until_started(log_path, head)
-        os.environ["RAY_ADDRESS"] = address
-        yield address
-    finally:
-        os.environ.pop("RAY_ADDRESS", None)
-        if not auth_mode_was_set:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        head.terminate()  # `ray start --block` stops its processes on SIGTERM
+    # For the head and every kernel that joins it: token authentication, and 127.0.0.1 kept
+    # as the node IP so that all of Ray's ports listen on it alone.
+    with environment(RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "token"), **{LOOPBACK_ONLY_VARIABLE: "0"}):
+        port = free_port()
+        with open(log_path, "ab") as log:
+            head = subprocess.Popen(
+                [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+                 "--node-ip-address=127.0.0.1", f"--port={port}", "--include-dashboard=false",
+                 "--disable-usage-stats"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
         try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+            _wait_until_started(log_path, head)
+            with environment(RAY_ADDRESS=f"127.0.0.1:{port}"):
+                yield f"127.0.0.1:{port}"
+        finally:
+            head.terminate()  # `ray start --block` stops its processes on SIGTERM
+            try:
+                head.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(head.pid, signal.SIGKILL)
 
 
 def _wait_until_started(log_path: Path, process: subprocess.Popen) -> None:

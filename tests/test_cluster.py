@@ -1,6 +1,5 @@
 """Notebook 03 on an existing two-node Ray cluster on 127.0.0.1 (RAY_ADDRESS set)."""
 import json
-import os
 import subprocess
 import sys
 import time
@@ -9,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from helpers import PROJECT_ROOT, series
+from helpers.cluster import environment
 
 RAY = str(Path(sys.executable).with_name("ray"))
 NOTEBOOK_03 = tuple(nb for nb in series.NOTEBOOKS if nb.name.startswith("03"))
@@ -33,19 +33,16 @@ def two_nodes(tmp_path_factory):
     unrelated directory, that carries the custom resource ``second_node``."""
     logs, elsewhere = tmp_path_factory.mktemp("logs"), tmp_path_factory.mktemp("unrelated")
     port = series.free_port()
-    saved = {name: os.environ.get(name) for name in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
-    os.environ["RAY_AUTH_MODE"] = "token"
-    head = _start(["--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false"],
-                  PROJECT_ROOT, logs / "head.log")
-    worker = _start([f"--address=127.0.0.1:{port}", "--num-cpus=2", '--resources={"second_node": 1}'],
-                    elsewhere, logs / "worker.log")
-    os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
-    yield elsewhere
-    for process in (worker, head):
-        process.terminate()
-        process.wait(timeout=90)
-    for name, value in saved.items():
-        os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
+    with environment(RAY_AUTH_MODE="token"):
+        head = _start(["--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false"],
+                      PROJECT_ROOT, logs / "head.log")
+        worker = _start([f"--address=127.0.0.1:{port}", "--num-cpus=2", '--resources={"second_node": 1}'],
+                        elsewhere, logs / "worker.log")
+        with environment(RAY_ADDRESS=f"127.0.0.1:{port}"):
+            yield elsewhere
+        for process in (worker, head):
+            process.terminate()
+            process.wait(timeout=90)
 
 
 def test_notebook_03_runs_on_the_cluster(two_nodes, tmp_path):

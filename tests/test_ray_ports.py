@@ -1,0 +1,73 @@
+"""Every port Ray opens listens on 127.0.0.1 only, and its token authentication stays on:
+for ``make run``'s head (joined by each notebook) and for a notebook's own instance."""
+import os
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from helpers import series
+
+LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
+
+DRIVER = """
+import sys, ray
+from ray._private.authentication.authentication_utils import is_token_auth_enabled
+from helpers import cluster
+
+cluster.start_or_join()
+
+@ray.remote(num_cpus=0)
+class Where:
+    def node_ip(self):
+        return ray.util.get_node_ip_address()
+
+where = Where.remote()
+print(ray.get(where.node_ip.remote()), is_token_auth_enabled(), flush=True)
+sys.stdin.read()  # stay up while the test looks at the sockets
+"""
+
+
+def _listening(pids: set[int]) -> set[tuple[str, str]]:
+    """(process name, address) of every listening TCP socket of these processes."""
+    found = set()
+    for connection in psutil.net_connections("inet"):
+        if connection.status == psutil.CONN_LISTEN and connection.pid in pids:
+            found.add((psutil.Process(connection.pid).name(), connection.laddr.ip))
+    return found
+
+
+def _drive(env: dict) -> set[tuple[str, str]]:
+    """Run a driver with an actor; return the listening sockets of this process's tree."""
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER], env=env, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        node_ip, token_auth = driver.stdout.readline().split()
+        me = psutil.Process()
+        found = _listening({me.pid, *(child.pid for child in me.children(recursive=True))})
+    finally:
+        driver.stdin.close()
+        driver.wait(timeout=120)
+    assert node_ip == "127.0.0.1" and token_auth == "True"
+    return found
+
+
+def _assert_loopback_only(found: set[tuple[str, str]]) -> None:
+    names = {name for name, _ in found}
+    assert {"gcs_server", "raylet"} <= names, found  # the check saw Ray's servers at all
+    assert any(name.startswith("ray::") for name in names), found  # and a worker
+    assert {address for _, address in found} <= LOOPBACK, sorted(found)
+
+
+@pytest.mark.timeout(300)
+def test_the_series_head_and_its_drivers_listen_on_loopback_only(tmp_path):
+    with series.local_ray_head(tmp_path / "ray-head.log"):
+        found = _drive(dict(os.environ))
+    _assert_loopback_only(found)
+
+
+@pytest.mark.timeout(300)
+def test_a_notebooks_own_ray_instance_listens_on_loopback_only():
+    env = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"}
+    _assert_loopback_only(_drive(env))
