@@ -1,14 +1,15 @@
 """Throughput benchmark: the model alone, a bare PyTorch loop, and the Ray Data pipeline.
 
 All three use the same images, the same model and the same decode/preprocess functions
-as notebook 03, in one invocation, so the ratios say what the pipeline's overlap of
-decoding with inference is worth on this machine:
+as notebook 03, in one invocation, so the ratios say what the pipeline's parallelism
+(actors on every core, reading and writing beside them) is worth on this machine:
 
     python bench/benchmark.py --output outputs/benchmark.json   # or: make bench
 
-Prints a table and writes JSON: images/s for each, the ratio pipeline/bare, peak memory
-(this process and every process it started, Ray's workers included), and the pipeline's
-images/s across batch sizes.
+Prints a table and writes JSON: images/s for each (the bare loop and the pipeline at the
+chosen batch size as the median of ``--repeats`` runs, all runs listed), the ratio
+pipeline/bare, peak memory (this process and every process it started, Ray's workers
+included), and the pipeline's images/s across batch sizes.
 """
 from __future__ import annotations
 
@@ -107,7 +108,9 @@ def run(args: argparse.Namespace) -> dict:
             for path in paths
         ])
         results["model_only_images_per_second"] = round(model_only(predictor, pixels, args.batch_size), 2)
-        results["bare_loop_images_per_second"] = round(bare_loop(predictor, listing, paths, args.batch_size), 2)
+        bare = [round(bare_loop(predictor, listing, paths, args.batch_size), 2) for _ in range(args.repeats)]
+        results["bare_loop_images_per_second"] = float(np.median(bare))
+        results["bare_loop_runs"] = bare
         del predictor, pixels
 
         started = time.perf_counter()
@@ -116,17 +119,21 @@ def run(args: argparse.Namespace) -> dict:
         plan = inference.plan_actors(ray_cluster, None)
         with tempfile.TemporaryDirectory() as output_dir:
             cfg = settings.resolve(args.data_uri, args.model_name, output_dir, args.limit, args.batch_size, None)
-            sizes = tuple(sorted({*args.sweep, args.batch_size}))
-            sweep = inference.batch_size_sweep(listing, cfg, plan, sizes, images=len(paths)).set_index("batch_size")
+            runs = (*sorted({*args.sweep, args.batch_size}), *[args.batch_size] * (args.repeats - 1))
+            sweep = inference.batch_size_sweep(listing, cfg, plan, runs, images=len(paths))
         cluster.stop()
-    if args.batch_size not in sweep.index:
+    if args.batch_size not in set(sweep["batch_size"]):
         raise SystemExit(f"--batch-size {args.batch_size} needs at least {2 * args.batch_size} images "
                          "for a steady-state measure: raise --limit or lower --batch-size.")
-    chosen = sweep.loc[args.batch_size]
-    results["pipeline_images_per_second"] = float(chosen["images_per_second"])
-    results["pipeline_stage_seconds"] = float(chosen["seconds"])
-    results["pipeline_over_bare"] = round(chosen["images_per_second"] / results["bare_loop_images_per_second"], 3)
-    results["pipeline_batch_size_sweep"] = {str(size): float(rate) for size, rate in sweep["images_per_second"].items()}
+    chosen = sweep[sweep["batch_size"] == args.batch_size]
+    results["plan"] = {"actors": plan.num_actors, "threads_per_actor": plan.threads,
+                       "cpus_per_actor": plan.num_cpus, "decodes_in_actors": plan.decodes_in_actors}
+    results["pipeline_images_per_second"] = float(chosen["images_per_second"].median())
+    results["pipeline_runs"] = chosen["images_per_second"].tolist()
+    results["pipeline_stage_seconds"] = float(chosen["seconds"].median())
+    results["pipeline_over_bare"] = round(results["pipeline_images_per_second"] / results["bare_loop_images_per_second"], 3)
+    medians = sweep.groupby("batch_size")["images_per_second"].median()
+    results["pipeline_batch_size_sweep"] = {str(size): float(rate) for size, rate in medians.items()}
     results["peak_memory_gib"] = round(memory.peak_bytes / 2**30, 2)
     return results
 
@@ -140,6 +147,8 @@ def table(results: dict) -> str:
     lines = [f"{results['model_name']}, {results['images']} images, batch size {results['batch_size']}",
              f"{'':<28} {'images/s':>9}"]
     lines += [f"{name:<28} {value:>9.1f}" for name, value in rows]
+    lines.append(f"medians of {len(results['pipeline_runs'])} runs: bare {results['bare_loop_runs']}, "
+                 f"pipeline {results['pipeline_runs']}; pipeline plan {results['plan']}")
     lines.append(f"pipeline / bare loop: {results['pipeline_over_bare']:.2f}; "
                  f"peak memory {results['peak_memory_gib']:.2f} GiB; Ray start {results['ray_start_seconds']:.1f} s")
     lines.append("batch size sweep (pipeline images/s): " + ", ".join(
@@ -154,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--sweep", type=lambda text: [int(v) for v in text.split(",")], default=[8, 16, 64])
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of the bare loop and of the pipeline at --batch-size; the median is reported")
     parser.add_argument("--output", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -111,15 +112,21 @@ def select_images(paths: list[str], root: str, limit: int | None) -> list[str]:
     return sorted(p for p in itertools.islice((p for p in interleaved if p), limit))
 
 
-def read_image_files(listing: Listing, limit: int | None = None, num_cpus: float | None = None):
-    """A lazy Ray Dataset of raw ``bytes`` and ``path``, one row per image file."""
+def read_image_files(listing: Listing, limit: int | None = None, num_cpus: float | None = None,
+                     files_per_read: int | None = None, min_reads: int = 1):
+    """A lazy Ray Dataset of raw ``bytes`` and ``path``, one row per image file.
+
+    ``files_per_read`` sets about how many files each read task (and so each block) holds,
+    in at least ``min_reads`` tasks (one per consumer, so that none idles); Ray picks
+    otherwise.
+    """
     import ray.data
 
     paths = select_images(listing.images, listing.root, limit)
-    return ray.data.read_binary_files(
-        paths, filesystem=listing.filesystem, include_paths=True,
-        **({"num_cpus": num_cpus} if num_cpus else {}),
-    )
+    options = {"num_cpus": num_cpus} if num_cpus else {}
+    if files_per_read:
+        options["override_num_blocks"] = min(len(paths), max(math.ceil(len(paths) / files_per_read), min_reads))
+    return ray.data.read_binary_files(paths, filesystem=listing.filesystem, include_paths=True, **options)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

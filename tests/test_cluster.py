@@ -48,7 +48,7 @@ def two_nodes(tmp_path_factory):
 def test_notebook_03_runs_on_the_cluster(two_nodes, tmp_path):
     series.execute_series(tmp_path, {"limit": 24, "batch_size": 8}, notebooks=NOTEBOOK_03, progress=False)
     manifest = json.loads((tmp_path / "predictions.json").read_text())
-    assert manifest["num_images"] == 24 and manifest["num_actors"] == 1
+    assert manifest["num_images"] == 24 and manifest["num_actors"] == 2  # one per CPU of the worker
     notebook = (tmp_path / "notebooks" / NOTEBOOK_03[0].name).read_text()
     assert "2 node(s)" in notebook and '"output_type": "error"' not in notebook
 

@@ -11,21 +11,29 @@ def _cluster(cpus, gpus=0, nodes=1):
     return ClusterInfo(nodes=nodes, cpus=cpus, gpus=gpus, object_store_bytes=2**30)
 
 
-def test_two_cpus_get_one_actor_that_leaves_a_core_for_reading():
+def test_two_cpus_get_two_single_threaded_actors_that_leave_a_core_for_the_tasks():
     plan = inference.plan_actors(_cluster(2), None)
-    assert (plan.num_actors, plan.num_cpus, plan.num_gpus, plan.threads) == (1, 1, 0, 2)
-    assert plan.reader_cpus != plan.num_cpus  # keeps decoding out of the actor (no fusion)
-    assert plan.remote_args() == {"num_cpus": 1}
+    assert (plan.num_actors, plan.num_cpus, plan.num_gpus, plan.threads) == (2, 0.5, 0, 1)
+    assert plan.decodes_in_actors and plan.decode_cpus == plan.num_cpus  # Ray fuses decoding in
+    assert plan.remote_args() == {"num_cpus": 0.5}
 
 
-def test_two_actors_on_two_cpus_reserve_fractions_not_every_cpu():
+def test_one_actor_on_two_cpus_uses_both_and_leaves_decoding_to_tasks():
     plan = inference.plan_actors(_cluster(2), 1)
-    assert plan.num_actors * plan.num_cpus <= 1
+    assert (plan.num_actors, plan.num_cpus, plan.threads) == (1, 1, 2)
+    assert not plan.decodes_in_actors and plan.decode_cpus != plan.num_cpus
 
 
-def test_large_cpu_nodes_get_several_four_core_actors():
+@pytest.mark.parametrize("cpus", [1, 2, 3, 4, 8, 16, 64])
+def test_actors_never_reserve_every_cpu_and_their_threads_fill_the_cores(cpus):
+    plan = inference.plan_actors(_cluster(cpus), None)
+    assert plan.num_actors * plan.num_cpus <= cpus - plan.task_cpus
+    assert plan.num_actors * plan.threads == cpus
+
+
+def test_large_cpu_nodes_get_several_four_thread_actors():
     plan = inference.plan_actors(_cluster(16, nodes=2), None)
-    assert plan.num_actors == 3 and plan.num_cpus == 4 and plan.threads == 5
+    assert (plan.num_actors, plan.num_cpus, plan.threads) == (4, 3, 4) and not plan.decodes_in_actors
 
 
 def test_one_actor_per_gpu():
@@ -38,7 +46,7 @@ def test_cpu_plans_never_ask_for_gpus():
     assert "num_gpus" not in inference.plan_actors(_cluster(8), None).remote_args()
 
 
-@pytest.mark.parametrize("cpus, gpus, asked", [(2, 0, 2), (8, 0, 7), (8, 2, 3)])
+@pytest.mark.parametrize("cpus, gpus, asked", [(2, 0, 3), (8, 0, 9), (8, 2, 3)])
 def test_more_actors_than_the_cluster_hosts_fail_at_once(cpus, gpus, asked):
     with pytest.raises(SettingsError, match=f"num_actors={asked} is more than"):
         inference.plan_actors(_cluster(cpus, gpus), asked)
@@ -110,3 +118,25 @@ def test_describe_predictions_gives_plain_arrow_columns():
     assert row["top1_name"] == "tabby" and row["top5_name"][2] == "Egyptian cat"
     assert row["top5_index"] == [281, 282, 285, 0, 1]
     assert str(table.schema.field("top5_wnid").type) == "list<item: string>"
+
+
+@pytest.fixture(scope="module")
+def ray_here():
+    from helpers import cluster
+
+    yield cluster.start_or_join()
+    cluster.stop()
+
+
+@pytest.mark.parametrize("num_actors, fused", [(None, True), (1, False)])
+def test_single_threaded_cpu_actors_decode_their_own_images(ray_here, sample_dir, tmp_path, capsys,
+                                                            num_actors, fused):
+    """Ray fuses the decoding map into the actors exactly when the plan says so."""
+    from helpers import data, settings
+
+    plan = inference.plan_actors(_cluster(2), num_actors)
+    cfg = settings.resolve(output_dir=tmp_path, limit=64)
+    inference.build_pipeline(data.list_files("sample"), cfg, plan).explain()
+    physical = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
+    assert ("Map(decode_and_preprocess)->MapBatches(Classifier)" in physical) == fused, physical
+    assert "ReadBinary" in physical and "MapBatches(Classifier)" in physical

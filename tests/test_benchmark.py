@@ -1,0 +1,26 @@
+"""`make bench` keeps working: a small run prints the table and writes the JSON CI keeps."""
+import json
+import subprocess
+import sys
+
+from helpers import PROJECT_ROOT
+
+
+def test_a_small_benchmark_writes_every_number(tmp_path):
+    output = tmp_path / "benchmark.json"
+    result = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "bench" / "benchmark.py"), "--limit", "48", "--batch-size", "8",
+         "--sweep", "16", "--repeats", "2", "--output", str(output)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "pipeline / bare loop" in result.stdout
+    results = json.loads(output.read_text())
+    assert results["images"] == 48 and results["batch_size"] == 8
+    assert len(results["bare_loop_runs"]) == len(results["pipeline_runs"]) == 2
+    for name in ("model_only_images_per_second", "bare_loop_images_per_second", "pipeline_images_per_second",
+                 "peak_memory_gib", "ray_start_seconds"):
+        assert results[name] > 0, name
+    assert results["pipeline_over_bare"] == round(
+        results["pipeline_images_per_second"] / results["bare_loop_images_per_second"], 3)
+    assert set(results["pipeline_batch_size_sweep"]) == {"8", "16"}
