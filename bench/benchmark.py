@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -30,38 +30,49 @@ import torch
 from helpers import cluster, data, inference, settings
 
 
+def _sample_peak(root_pid: int, interval_s: float, peak, stop) -> None:
+    """Keep in ``peak`` the largest total PSS seen of ``root_pid`` and its descendants."""
+    root, me = psutil.Process(root_pid), os.getpid()
+    while not stop.is_set():
+        total = 0
+        for process in [root, *root.children(recursive=True)]:
+            if process.pid == me:
+                continue
+            try:
+                total += process.memory_full_info().pss
+            except psutil.Error:
+                pass
+        peak.value = max(peak.value, total)
+        stop.wait(interval_s)
+
+
 class PeakMemory:
     """Samples the memory of this process and all its descendants, keeps the peak.
 
     Counts each process's proportional set size (PSS), so that pages shared between Ray's
     workers (the object store, PyTorch's libraries) are counted once, not once per process.
+    Samples from a separate process: reading every process's memory map takes CPU and,
+    in a thread here, the GIL that Ray Data's scheduler (which runs in this process) needs.
     """
 
-    def __init__(self, interval_s: float = 0.2):
-        self.peak_bytes = 0
-        self._interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
+    def __init__(self, interval_s: float = 0.5):
+        context = multiprocessing.get_context("fork")
+        self._peak = context.Value("q", 0)
+        self._stop = context.Event()
+        self._process = context.Process(target=_sample_peak, daemon=True,
+                                        args=(os.getpid(), interval_s, self._peak, self._stop))
 
-    def _sample(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            for process in [me, *me.children(recursive=True)]:
-                try:
-                    total += process.memory_full_info().pss
-                except psutil.Error:
-                    pass
-            self.peak_bytes = max(self.peak_bytes, total)
-            self._stop.wait(self._interval_s)
+    @property
+    def peak_bytes(self) -> int:
+        return self._peak.value
 
     def __enter__(self) -> "PeakMemory":
-        self._thread.start()
+        self._process.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self._thread.join()
+        self._process.join()
 
 
 def read_bytes(listing: data.Listing, path: str) -> bytes:

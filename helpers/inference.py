@@ -9,6 +9,8 @@ import contextlib
 import dataclasses
 import gc
 import math
+import os
+import platform
 import time
 import uuid
 import warnings
@@ -133,8 +135,13 @@ class Classifier(Predictor):
     """The callable class ``map_batches`` runs on each actor: pixels in, predictions out.
 
     Rows whose file could not be decoded pass through with their ``error`` and no
-    prediction. ``predicted_at`` records when each batch finished, for throughput.
+    prediction. ``predicted_at`` records when each batch finished, and ``actor`` which
+    actor (host:process) classified it: for throughput, and to see the work spread.
     """
+
+    def __init__(self, model_name: str, **options):
+        super().__init__(model_name, **options)
+        self.actor = f"{platform.node()}:{os.getpid()}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         valid = batch["error"] == ""
@@ -145,7 +152,7 @@ class Classifier(Predictor):
         return describe_predictions(
             scores, indices, valid,
             path=batch["path"], label=batch["label"], error=batch["error"],
-            predicted_at=np.full(len(valid), time.time()),
+            predicted_at=np.full(len(valid), time.time()), actor=np.full(len(valid), self.actor),
         )
 
 
@@ -245,7 +252,7 @@ class RunSummary:
     num_images: int  # images classified
     num_skipped: int  # unreadable images plus files that were never images
     seconds: float  # the whole stage: start-up, model loading, reading, inference, writing
-    images_per_second: float  # steady state: from the first finished batch to the last
+    images_per_second: float  # steady state: once every actor has finished a batch, to the last
     model_name: str
     data_uri: str
     limit: int | None
@@ -254,15 +261,19 @@ class RunSummary:
     threads_per_actor: int
 
 
-def steady_images_per_second(finished_at: pd.Series) -> float:
-    """Images per second between the first and the last finished batch.
+def steady_images_per_second(finished: pd.DataFrame) -> float:
+    """Images per second once every actor is up: from the moment the last actor to start
+    finished its first batch, to the last batch.
 
-    Excludes the start-up that every run pays once (actors importing PyTorch and loading
-    the model), so that runs of different sizes compare; NaN with fewer than two batches.
+    ``finished`` has a row per image with ``predicted_at`` (when its batch finished) and
+    ``actor``. Excludes the start-up that every run pays once (actors importing PyTorch and
+    loading the model, one after another where they share cores), so that runs of
+    different sizes compare; NaN when no batch finishes after that moment.
     """
-    batches = finished_at.value_counts().sort_index()
-    span = batches.index[-1] - batches.index[0] if len(batches) > 1 else 0.0
-    return float((batches.sum() - batches.iloc[0]) / span) if span > 0 else math.nan
+    all_up = finished.groupby("actor")["predicted_at"].min().max()
+    later = finished["predicted_at"][finished["predicted_at"] > all_up]
+    span = later.max() - all_up if len(later) else 0.0
+    return float(len(later) / span) if span > 0 else math.nan
 
 
 def skipped_files(listing: Listing, predictions: pd.DataFrame) -> pd.DataFrame:
@@ -353,7 +364,7 @@ def run_batch_inference(predictions, listing: Listing, settings: Settings, plan:
             run_dir.delete()
         raise PipelineFailed(f"{failure}\nThe previous predictions in {settings.output_dir} are unchanged.")
     files = [child for child in run_dir.children() if child.name.endswith(".parquet")]
-    written = read_parquet(files, columns=["path", "error", "predicted_at"])
+    written = read_parquet(files, columns=["path", "error", "predicted_at", "actor"])
     skipped = skipped_files(listing, written)
     write_csv(run_dir / "skipped.csv", skipped, index=False)
     summary = RunSummary(
@@ -361,7 +372,7 @@ def run_batch_inference(predictions, listing: Listing, settings: Settings, plan:
         skipped_file=(run_dir / "skipped.csv").relative_to(settings.output_dir),
         num_rows=len(written), num_images=int((written["error"] == "").sum()),
         num_skipped=len(skipped), seconds=round(seconds, 3),
-        images_per_second=round(steady_images_per_second(written["predicted_at"]), 2),
+        images_per_second=round(steady_images_per_second(written), 2),
         model_name=settings.model_name, data_uri=settings.data_uri, limit=settings.limit,
         batch_size=settings.batch_size, num_actors=plan.num_actors, threads_per_actor=plan.threads,
     )

@@ -90,9 +90,18 @@ def test_classifier_skips_unreadable_rows_and_keeps_them():
 def test_steady_throughput_excludes_the_first_batch():
     import pandas as pd
 
-    finished = pd.Series([10.0] * 32 + [11.0] * 32 + [12.0] * 10)
+    finished = pd.DataFrame({"predicted_at": [10.0] * 32 + [11.0] * 32 + [12.0] * 10, "actor": "a"})
     assert inference.steady_images_per_second(finished) == 21.0
-    assert np.isnan(inference.steady_images_per_second(pd.Series([5.0] * 8)))
+    assert np.isnan(inference.steady_images_per_second(pd.DataFrame({"predicted_at": [5.0] * 8, "actor": "a"})))
+
+
+def test_steady_throughput_starts_once_every_actor_is_up():
+    import pandas as pd
+
+    early = pd.DataFrame({"predicted_at": [10.0] * 8 + [11.0] * 8 + [12.0] * 8 + [13.0] * 8, "actor": "a"})
+    late = pd.DataFrame({"predicted_at": [12.0] * 8 + [13.0] * 8, "actor": "b"})  # up 2 s later
+    # From 12.0 (b's first batch) to 13.0: a's and b's batches at 13.0 count, 16 images in 1 s.
+    assert inference.steady_images_per_second(pd.concat([early, late])) == 16.0
 
 
 def test_frozen_predictor_agrees_with_the_plain_model():

@@ -53,7 +53,7 @@ def test_series_writes_predictions_and_metrics(executed):
     assert manifest["num_skipped"] == 0 and manifest["images_per_second"] > 0
     assert set(table.column_names) == {
         "path", "label", "error", "top1_index", "top1_wnid", "top1_name", "top1_score",
-        "top5_index", "top5_wnid", "top5_name", "top5_score", "predicted_at",
+        "top5_index", "top5_wnid", "top5_name", "top5_score", "predicted_at", "actor",
     }
     assert "image" not in table.column_names and "pixels" not in table.column_names
     assert len(set(table.column("label").to_pylist())) == 7  # every class, thanks to the limit logic
