@@ -57,7 +57,7 @@ def local_ray_head(log_path: Path):
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         try:
-            _wait_until_started(log_path, head)
+            wait_until_started(log_path, head)
             with environment(RAY_ADDRESS=f"127.0.0.1:{port}"):
                 yield f"127.0.0.1:{port}"
         finally:
@@ -68,15 +68,16 @@ def local_ray_head(log_path: Path):
                 os.killpg(head.pid, signal.SIGKILL)
 
 
-def _wait_until_started(log_path: Path, process: subprocess.Popen) -> None:
+def wait_until_started(log_path: Path, process: subprocess.Popen) -> None:
+    """Return once the `ray start` writing to ``log_path`` reports that Ray runs."""
     deadline = time.monotonic() + RAY_START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"`ray start --head` exited with code {process.returncode}: see {log_path}")
+            raise RuntimeError(f"`ray start` exited with code {process.returncode}: see {log_path}")
         if b"Ray runtime started" in log_path.read_bytes():
             return
         time.sleep(0.5)
-    raise TimeoutError(f"Ray's head did not start within {RAY_START_TIMEOUT_S} s: see {log_path}")
+    raise TimeoutError(f"`ray start` did not start Ray within {RAY_START_TIMEOUT_S} s: see {log_path}")
 
 
 def execute_series(

@@ -2,7 +2,6 @@
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,10 +19,7 @@ def _start(arguments: list[str], cwd: Path, log_path: Path) -> subprocess.Popen:
         process = subprocess.Popen([RAY, "start", "--block", "--node-ip-address=127.0.0.1",
                                     "--disable-usage-stats", *arguments],
                                    cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while b"Ray runtime started" not in log_path.read_bytes():
-        assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()[-2000:]
-        time.sleep(0.5)
+    series.wait_until_started(log_path, process)
     return process
 
 

@@ -1,5 +1,4 @@
 """The series against a real S3-compatible server (moto's server mode) on 127.0.0.1."""
-import os
 import socket
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import pandas as pd
 import pytest
 
 from helpers import data, series, settings, storage
+from helpers.cluster import environment
 from helpers.storage import Location
 
 BUCKET = "imagenette-like"
@@ -29,12 +29,9 @@ def s3_endpoint(tmp_path_factory):
         assert time.monotonic() < deadline and server.poll() is None, "moto_server did not start"
         time.sleep(0.2)
     endpoint = f"http://127.0.0.1:{port}"
-    names = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
-    saved = {name: os.environ.get(name) for name in names}
-    os.environ.update(dict(zip(names, (endpoint, "testing", "testing", "us-east-1"))))
-    yield endpoint
-    for name, value in saved.items():
-        os.environ.pop(name) if value is None else os.environ.__setitem__(name, value)
+    with environment(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                     AWS_DEFAULT_REGION="us-east-1"):
+        yield endpoint
     server.terminate()
     server.wait(timeout=30)
     log.close()
