@@ -29,7 +29,7 @@ from helpers.storage import Location, read_parquet, write_csv, write_json
 
 PIXELS = "pixels"
 TOP_K = 5
-TASK_CPUS = 0.5  # reserved by each read, decode and write task
+TASK_CPUS = 0.5  # reserved by each decode task, and by reads and writes beside GPU actors
 FILES_PER_READ = 64  # at least; a whole number of batches, so that no batch is a runt
 
 
@@ -164,7 +164,7 @@ class ActorPlan:
     num_cpus: float
     num_gpus: int
     threads: int
-    task_cpus: float  # per read, write and (unless the actors do it) decode task
+    task_cpus: float  # per read and write task
 
     @property
     def decodes_in_actors(self) -> bool:
@@ -179,7 +179,9 @@ class ActorPlan:
 
     @property
     def decode_cpus(self) -> float:
-        return self.num_cpus if self.decodes_in_actors else self.task_cpus
+        """The actors' own share where they decode (Ray fuses the two steps only when both
+        reserve the same); otherwise a small share, so that several decode tasks run at once."""
+        return self.num_cpus if self.decodes_in_actors else TASK_CPUS
 
     def remote_args(self) -> dict[str, float]:
         """Resources for ``map_batches``; ``num_gpus`` only where there are GPUs."""
@@ -195,6 +197,13 @@ def plan_actors(cluster: ClusterInfo, num_actors: int | None) -> ActorPlan:
     thread: several single-threaded copies of the model (measured: two at 1 thread each
     classify 10 to 15% more images/s than one at 2 threads on 2 cores). Above, actors of 4
     threads keep the number of model copies, and memory, in bounds.
+
+    CPU tasks reserve a whole CPU (less only where fewer are left), so on a small node one
+    task runs at a time and one worker process serves every read and write in turn. Two at
+    once need two workers, and Ray ends surplus idle workers after a second (on 2 CPUs it
+    kept one of two), so it started a new one whenever two tasks met again; on 2 cores that
+    start-up (~2.5 s of CPU: a fresh process importing Ray Data) stalled the actors in the
+    middle of one series run in two, costing 20 to 30% of its images/s.
 
     Fails at once, naming ``num_actors``, when the cluster cannot host that many actors,
     instead of leaving the dataset waiting for resources that never come.
@@ -217,7 +226,8 @@ def plan_actors(cluster: ClusterInfo, num_actors: int | None) -> ActorPlan:
         )
     actors = num_actors or max(1, cpus // (1 if cpus <= 4 else 4))
     spare = max(cpus / 2, cpus - max(1, cpus // 4))  # the actors' share; the rest is for the tasks
-    return ActorPlan(actors, num_cpus=spare / actors, num_gpus=0, threads=max(1, cpus // actors), task_cpus=TASK_CPUS)
+    return ActorPlan(actors, num_cpus=spare / actors, num_gpus=0, threads=max(1, cpus // actors),
+                     task_cpus=min(1.0, cpus - spare))
 
 
 def build_pipeline(listing: Listing, settings: Settings, plan: ActorPlan):

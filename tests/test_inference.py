@@ -16,6 +16,13 @@ def test_two_cpus_get_two_single_threaded_actors_that_leave_a_core_for_the_tasks
     assert (plan.num_actors, plan.num_cpus, plan.num_gpus, plan.threads) == (2, 0.5, 0, 1)
     assert plan.decodes_in_actors and plan.decode_cpus == plan.num_cpus  # Ray fuses decoding in
     assert plan.remote_args() == {"num_cpus": 0.5}
+    assert plan.task_cpus == 1  # one read or write at a time: one worker process serves them all
+
+
+@pytest.mark.parametrize("cpus, tasks_at_once", [(1, 1), (2, 1), (4, 1), (8, 2), (16, 4), (64, 16)])
+def test_cpu_tasks_take_a_whole_cpu_of_what_the_actors_leave(cpus, tasks_at_once):
+    plan = inference.plan_actors(_cluster(cpus), None)
+    assert int((cpus - plan.num_actors * plan.num_cpus) / plan.task_cpus) == tasks_at_once
 
 
 def test_one_actor_on_two_cpus_uses_both_and_leaves_decoding_to_tasks():
