@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from helpers import PROJECT_ROOT
 
 
@@ -21,6 +23,8 @@ def test_a_small_benchmark_writes_every_number(tmp_path):
     for name in ("model_only_images_per_second", "bare_loop_images_per_second", "pipeline_images_per_second",
                  "peak_memory_gib", "ray_start_seconds"):
         assert results[name] > 0, name
-    assert results["pipeline_over_bare"] == round(
-        results["pipeline_images_per_second"] / results["bare_loop_images_per_second"], 3)
+    # the ratio pairs each pipeline run with the bare loop run just before it
+    pairs = [round(p / b, 3) for p, b in zip(results["pipeline_runs"], results["bare_loop_runs"])]
+    assert results["pipeline_over_bare_runs"] == pairs
+    assert results["pipeline_over_bare"] == pytest.approx(sum(pairs) / 2)
     assert set(results["pipeline_batch_size_sweep"]) == {"8", "16"}
