@@ -81,6 +81,18 @@ class PeakMemory:
         self._process.join()
 
 
+def settle(busy_percent: float = 15, timeout_s: float = 20) -> None:
+    """Wait until the machine is quiet (or ``timeout_s`` passed) before a timed run.
+
+    A pipeline's actors and workers go on exiting, and freeing their memory, after the run
+    returns: without this the bare loop right after a pipeline run shared the cores with
+    them and measured up to a quarter slower.
+    """
+    deadline = time.monotonic() + timeout_s
+    while psutil.cpu_percent(interval=0.5) > busy_percent and time.monotonic() < deadline:
+        pass
+
+
 def read_bytes(listing: data.Listing, path: str) -> bytes:
     with listing.filesystem.open_input_file(path) as stream:
         return stream.read()
@@ -138,10 +150,12 @@ def run(args: argparse.Namespace) -> dict:
             cfg = settings.resolve(args.data_uri, args.model_name, output_dir, args.limit, args.batch_size, None)
 
             def pipeline(batch_sizes) -> pd.DataFrame:
+                settle()
                 return inference.batch_size_sweep(listing, cfg, plan, batch_sizes, images=len(paths))
 
             bare, turns = [], []
             for _ in range(args.repeats):
+                settle()
                 bare.append(round(bare_loop(predictor, listing, paths, args.batch_size), 2))
                 turns.append(pipeline((args.batch_size,)))
             others = pipeline(tuple(sorted(set(args.sweep) - {args.batch_size})))
