@@ -14,7 +14,8 @@ included), and the pipeline's images/s across batch sizes.
 The bare loop and the pipeline take turns (bare, pipeline, bare, pipeline, ...) and the
 ratio is the median of each pair's ratio: a shared machine whose speed drifts during the
 benchmark then slows both sides of a pair alike instead of favouring whichever ran in
-the fast minutes. Ray is up, idle, during the bare loops.
+the fast minutes. Every timed run starts once the machine is quiet; Ray is up, idle,
+during the bare loops.
 """
 from __future__ import annotations
 
