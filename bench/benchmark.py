@@ -35,6 +35,7 @@ import psutil
 import torch
 
 from helpers import cluster, data, inference, settings
+from helpers.storage import Location
 
 
 def _sample_peak(root_pid: int, interval_s: float, peak, stop) -> None:
@@ -95,8 +96,7 @@ def settle(busy_percent: float = 15, timeout_s: float = 20) -> None:
 
 
 def read_bytes(listing: data.Listing, path: str) -> bytes:
-    with listing.filesystem.open_input_file(path) as stream:
-        return stream.read()
+    return Location(listing.filesystem, path).read_bytes()
 
 
 def model_only(predictor: inference.Predictor, pixels: np.ndarray, batch_size: int) -> float:

@@ -17,8 +17,7 @@ from helpers.storage import Location
 
 def load_thumbnail(path: str, filesystem, size: int = 256) -> np.ndarray:
     """An image file as the model saw it (RGB, EXIF-rotated), no larger than ``size`` a side."""
-    with filesystem.open_input_file(path) as stream:
-        image = Image.fromarray(decode_image(stream.read()).permute(1, 2, 0).numpy())
+    image = Image.fromarray(decode_image(Location(filesystem, path).read_bytes()).permute(1, 2, 0).numpy())
     image.thumbnail((size, size))
     return np.asarray(image)
 
