@@ -13,27 +13,20 @@ import ast
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from helpers import PROJECT_ROOT
-from helpers.cluster import LOOPBACK_ONLY_VARIABLE, environment
+from helpers.cluster import LOOPBACK_ONLY_VARIABLE, ensure_auth_token, environment, free_port
 
 NOTEBOOKS = tuple(sorted((PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")))
+SOLUTIONS = tuple(sorted((PROJECT_ROOT / "notebooks" / "solutions").glob("[0-9][0-9]_solutions.ipynb")))
 CELL_TIMEOUT_S = 1800
 
 
 RAY_START_TIMEOUT_S = 120
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -48,12 +41,14 @@ def local_ray_head(log_path: Path):
     # For the head and every kernel that joins it: token authentication, and 127.0.0.1 kept
     # as the node IP so that all of Ray's ports listen on it alone.
     with environment(RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "token"), **{LOOPBACK_ONLY_VARIABLE: "0"}):
+        if os.environ["RAY_AUTH_MODE"] == "token":
+            ensure_auth_token()  # `ray start` needs one, and a new user has none
         port = free_port()
         with open(log_path, "ab") as log:
             head = subprocess.Popen(
                 [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
-                 "--node-ip-address=127.0.0.1", f"--port={port}", "--include-dashboard=false",
-                 "--disable-usage-stats"],
+                 "--node-ip-address=127.0.0.1", f"--port={port}", "--include-dashboard=true",
+                 "--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}", "--disable-usage-stats"],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         try:

@@ -1,8 +1,12 @@
-"""Every port Ray opens listens on 127.0.0.1 only, and its token authentication stays on:
-for ``make run``'s head (joined by each notebook) and for a notebook's own instance."""
+"""Every port Ray opens listens on 127.0.0.1 only, its token authentication stays on, and
+its dashboard answers on 127.0.0.1 to the token alone: for ``make run``'s head (joined by
+each notebook) and for a notebook's own instance."""
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import psutil
 import pytest
@@ -24,7 +28,7 @@ class Where:
         return ray.util.get_node_ip_address()
 
 where = Where.remote()
-print(ray.get(where.node_ip.remote()), is_token_auth_enabled(), flush=True)
+print(ray.get(where.node_ip.remote()), is_token_auth_enabled(), cluster.dashboard_url(), flush=True)
 sys.stdin.read()  # stay up while the test looks at the sockets
 """
 
@@ -38,14 +42,36 @@ def _listening(pids: set[int]) -> set[tuple[str, str]]:
     return found
 
 
+def _status(url: str, token: str | None) -> int:
+    """The HTTP status of a GET, with the token as a bearer token if given."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def _check_dashboard(url: str) -> None:
+    """The dashboard answers on 127.0.0.1, refuses a request without the token (or with a
+    wrong one) and serves one with it."""
+    assert url.startswith("http://127.0.0.1:"), url
+    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+    assert _status(f"{url}/api/version", None) == 401
+    assert _status(f"{url}/api/version", "not-the-token") == 403
+    assert _status(f"{url}/api/version", token) == 200
+
+
 def _drive(env: dict) -> set[tuple[str, str]]:
-    """Run a driver with an actor; return the listening sockets of this process's tree."""
+    """Run a driver with an actor; check its dashboard; return the listening sockets of this
+    process's tree."""
     driver = subprocess.Popen([sys.executable, "-c", DRIVER], env=env, text=True,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
-        node_ip, token_auth = driver.stdout.readline().split()
+        node_ip, token_auth, dashboard = driver.stdout.readline().split()
         me = psutil.Process()
         found = _listening({me.pid, *(child.pid for child in me.children(recursive=True))})
+        _check_dashboard(dashboard)
     finally:
         driver.stdin.close()
         driver.wait(timeout=120)
@@ -56,6 +82,7 @@ def _drive(env: dict) -> set[tuple[str, str]]:
 def _assert_loopback_only(found: set[tuple[str, str]]) -> None:
     names = {name for name, _ in found}
     assert {"gcs_server", "raylet"} <= names, found  # the check saw Ray's servers at all
+    assert any("dashboard" in name.lower() for name in names), found  # and the dashboard's agent
     assert any(name.startswith("ray::") for name in names), found  # and a worker
     assert {address for _, address in found} <= LOOPBACK, sorted(found)
 

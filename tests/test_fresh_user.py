@@ -1,0 +1,141 @@
+"""A new user on a fresh machine: no ~/.ray, no token; and a failed run that leaves nothing behind."""
+import os
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import cluster, series
+
+JOIN = """
+from helpers import cluster
+info = cluster.start_or_join()
+print("joined", info.nodes, info.cpus)
+"""
+
+
+@pytest.fixture
+def new_home(tmp_path, monkeypatch):
+    """A brand-new, empty home; no Ray of ours running, no token given."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    return home
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_ensure_auth_token_creates_a_private_token_once(new_home):
+    path = cluster.ensure_auth_token()
+    assert path == new_home / ".ray" / "auth_token"
+    token = path.read_text()
+    assert len(token) == 64 and _mode(path) == 0o600
+    assert cluster.ensure_auth_token() == path and path.read_text() == token  # kept, not replaced
+
+
+def test_ensure_auth_token_makes_an_existing_token_private(new_home):
+    path = new_home / ".ray" / "auth_token"
+    path.parent.mkdir()
+    path.write_text("f" * 64)
+    path.chmod(0o644)  # as `ray.init` writes it
+    assert cluster.ensure_auth_token() == path
+    assert _mode(path) == 0o600 and path.read_text() == "f" * 64
+
+
+def test_ensure_auth_token_follows_ray_auth_token_path_and_leaves_ray_auth_token_alone(new_home, monkeypatch):
+    custom = new_home / "elsewhere" / "token"
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(custom))
+    assert cluster.ensure_auth_token() == custom and _mode(custom) == 0o600
+    assert not (new_home / ".ray").exists()
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "a" * 64)
+    custom.unlink()
+    assert cluster.ensure_auth_token() is None and not custom.exists()
+
+
+def test_the_series_starts_ray_for_a_new_user(new_home, tmp_path, monkeypatch):
+    """What `make run` does first: `ray start --head` with token authentication, then a
+    kernel joins it; the token is created private and never shows in any output."""
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    log = tmp_path / "ray-head.log"
+    started = time.monotonic()
+    with series.local_ray_head(log) as address:
+        token_file = new_home / ".ray" / "auth_token"
+        assert token_file.is_file() and _mode(token_file) == 0o600
+        assert os.environ["RAY_ADDRESS"] == address and os.environ["RAY_AUTH_MODE"] == "token"
+        joined = subprocess.run([sys.executable, "-c", JOIN], capture_output=True, text=True, timeout=300)
+    assert joined.returncode == 0, joined.stderr[-3000:]
+    assert "joined 1" in joined.stdout, (joined.stdout, joined.stderr[-2000:])
+    token = token_file.read_text()
+    assert token not in log.read_text() + joined.stdout + joined.stderr
+    assert time.monotonic() - started < 240
+
+
+# ---------------------------------------------------------------- a failed run's actors
+
+
+def _pipeline(folder, fail_from: str | None, delay: float = 0.0):
+    import ray.data
+
+    class _Slow:  # local, so that Ray's workers get it by value
+        def __init__(self, delay: float):
+            time.sleep(delay)  # a model loading
+
+        def __call__(self, batch):
+            time.sleep(0.02)
+            return batch
+
+    ds = ray.data.read_binary_files(str(folder), include_paths=True, override_num_blocks=6,
+                                    ray_remote_args={"num_cpus": 1})
+    ds = ds.map(lambda row: {"path": row["path"], "size": len(row["bytes"])})
+    ds = ds.map_batches(_Slow, fn_constructor_args=(delay,), batch_size=4,
+                        compute=ray.data.ActorPoolStrategy(size=2), num_cpus=0.5)
+    if fail_from is not None:
+        def killed_midway(row):
+            if row["path"] >= fail_from:
+                raise RuntimeError(f"killed midway, at {row['path']}")
+            return row
+        ds = ds.map(killed_midway)
+    return ds
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster.start_or_join()
+    yield
+    cluster.stop()
+
+
+@pytest.mark.timeout(600)  # a run that waits for CPUs a failed run still holds hangs
+@pytest.mark.parametrize(("delay", "fail_at"), [(0.0, 0), (1.5, 0), (0.0, 30), (1.5, 30)])
+def test_a_failed_run_leaves_no_actor_and_no_cpu_behind(local_ray, tmp_path, delay, fail_at):
+    import ray
+
+    folder = tmp_path / "files"
+    folder.mkdir()
+    for i in range(48):
+        (folder / f"f{i:03d}.bin").write_bytes(os.urandom(1000))
+    with pytest.raises(Exception) as raised:
+        with cluster.releasing_actors():
+            _pipeline(folder, str(folder / f"f{fail_at:03d}.bin"), delay).write_parquet(
+                str(tmp_path / "failed"), ray_remote_args={"num_cpus": 1})
+    assert "killed midway" in str(raised.value)  # the block's own error, unchanged
+    assert ray.available_resources().get("CPU") == ray.cluster_resources()["CPU"]
+    assert not [actor for actor in ray._private.state.actors().values()
+                if actor["State"] != "DEAD" and actor["ActorClassName"].startswith("MapWorker")]
+
+    started = time.monotonic()
+    with cluster.releasing_actors():
+        _pipeline(folder, None).write_parquet(str(tmp_path / "complete"), ray_remote_args={"num_cpus": 1})
+    assert len(list((tmp_path / "complete").glob("*.parquet"))) >= 1
+    assert ray.available_resources().get("CPU") == ray.cluster_resources()["CPU"]
+    assert time.monotonic() - started < 120
