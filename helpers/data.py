@@ -112,6 +112,20 @@ def select_images(paths: list[str], root: str, limit: int | None) -> list[str]:
     return sorted(p for p in itertools.islice((p for p in interleaved if p), limit))
 
 
+def decodable_images(listing: Listing, count: int) -> list[str]:
+    """Up to ``count`` image paths, from every class in turn, that decode cleanly: a folder
+    with no bad file in it, for ``ray.data.read_images``."""
+    clean = []
+    for path in select_images(listing.images, listing.root, min(len(listing.images), 2 * count)):
+        try:
+            with listing.filesystem.open_input_stream(path) as stream:
+                decode_image(stream.read())
+        except (UnreadableImage, OSError):
+            continue
+        clean.append(path)
+    return select_images(clean, listing.root, count)
+
+
 def read_image_files(listing: Listing, limit: int | None = None, num_cpus: float | None = None,
                      files_per_read: int | None = None, min_reads: int = 1):
     """A lazy Ray Dataset of raw ``bytes`` and ``path``, one row per image file.

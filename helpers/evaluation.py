@@ -14,11 +14,10 @@ class PredictionsError(RuntimeError):
     """The predictions folder is missing, partial or does not match its manifest."""
 
 
-def load_predictions(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """The current run's classified images, its skipped files, and its manifest.
+def check_run(settings: Settings) -> dict:
+    """The manifest of the current run, once every file it names is there.
 
-    Refuses a missing manifest, a missing file, or a row count that differs from what the
-    run recorded, naming the problem and what to run.
+    Refuses a missing manifest or a missing file, naming the problem and what to run.
     """
     manifest_path = settings.predictions_manifest
     if not manifest_path.exists():
@@ -34,14 +33,26 @@ def load_predictions(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, di
             f"The predictions of run {manifest['run_id']} are incomplete: {len(missing)} file(s) "
             f"missing, e.g. {missing[0]}. Re-run notebook 03_distributed_inference.ipynb."
         )
-    frame = read_parquet(files[:-1])
-    skipped = read_csv(files[-1], keep_default_na=False)
+    return manifest
+
+
+def check_counts(frame: pd.DataFrame, skipped: pd.DataFrame, manifest: dict) -> None:
+    """Refuse predictions whose row counts differ from what the run recorded."""
     if len(frame) != manifest["num_rows"] or len(skipped) != manifest["num_skipped"]:
         raise PredictionsError(
             f"The predictions of run {manifest['run_id']} hold {len(frame)} rows and "
             f"{len(skipped)} skipped files, but the run recorded {manifest['num_rows']} and "
             f"{manifest['num_skipped']}. Re-run notebook 03_distributed_inference.ipynb."
         )
+
+
+def load_predictions(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The current run's classified images (by path), its skipped files, and its manifest,
+    checked with ``check_run`` and ``check_counts``."""
+    manifest = check_run(settings)
+    frame = read_parquet([settings.output_dir / name for name in manifest["files"]])
+    skipped = read_csv(settings.output_dir / manifest["skipped_file"], keep_default_na=False)
+    check_counts(frame, skipped, manifest)
     classified = frame[frame["error"] == ""].sort_values("path", ignore_index=True)
     return classified, skipped, manifest
 

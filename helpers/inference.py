@@ -1,28 +1,28 @@
-"""Batch inference: per-row preprocessing, the predictor, the actor class and the run.
-
-The same ``Predictor`` serves notebook 02 (one batch on the driver) and every actor of
-notebook 03's ``map_batches``, so the two can never disagree.
+"""Batch inference, as notebook 03 teaches it: the per-row preprocessing, the fast
+classifier, the actor plan, what each speed-up is worth, and runs that replace the last
+complete one only once they are complete. Scripts, tests and the benchmark use the same.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import math
 import os
 import platform
 import time
 import uuid
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.fs
 import torch
 
 from helpers import labels, models
-from helpers.cluster import ClusterInfo, native_stderr_to
+from helpers.cluster import ClusterInfo, native_stderr_to, releasing_actors
 from helpers.data import Listing, UnreadableImage, class_folder, decode_image, read_image_files
 from helpers.settings import Settings, SettingsError
 from helpers.storage import Location, read_parquet, write_csv, write_json
@@ -30,6 +30,8 @@ from helpers.storage import Location, read_parquet, write_csv, write_json
 PIXELS = "pixels"
 TOP_K = 5
 TASK_CPUS = 0.5  # reserved by each decode task, and by reads and writes beside GPU actors
+LARGE_NODE_THREADS = 4  # threads per CPU actor where some node has more CPUs than this
+RESOURCE_UNITS_PER_CPU = 10_000  # Ray's resolution: shares are rounded down to it
 FILES_PER_READ = 64  # at least; a whole number of batches, so that no batch is a runt
 
 
@@ -46,14 +48,6 @@ def decode_and_preprocess(row: dict, preprocessing: models.Preprocessing, root: 
         out[PIXELS] = np.zeros((3, preprocessing.crop_size, preprocessing.crop_size), np.uint8)
         out["error"] = str(unreadable)
     return out
-
-
-def preprocess_images(images, preprocessing: models.Preprocessing) -> np.ndarray:
-    """A batch of decoded H x W x 3 images of any sizes -> one N x 3 x H x W uint8 array."""
-    return np.stack([
-        preprocessing.resize_and_crop(torch.from_numpy(np.array(image)).permute(2, 0, 1))
-        for image in images
-    ])
 
 
 def _frozen(model: torch.nn.Module, size: int) -> torch.jit.ScriptModule:
@@ -131,8 +125,8 @@ def describe_predictions(
     return pa.table(columns)
 
 
-class Classifier(Predictor):
-    """The callable class ``map_batches`` runs on each actor: pixels in, predictions out.
+class FastClassifier(Predictor):
+    """Notebook 03's ``Classifier`` with every speed-up: pixels in, predictions out.
 
     Rows whose file could not be decoded pass through with their ``error`` and no
     prediction. ``predicted_at`` records when each batch finished, and ``actor`` which
@@ -180,8 +174,9 @@ class ActorPlan:
     @property
     def decode_cpus(self) -> float:
         """The actors' own share where they decode (Ray fuses the two steps only when both
-        reserve the same); otherwise a small share, so that several decode tasks run at once."""
-        return self.num_cpus if self.decodes_in_actors else TASK_CPUS
+        reserve the same); otherwise a small share, so that several decode tasks run at once
+        (never more than the read and write tasks', which always find room)."""
+        return self.num_cpus if self.decodes_in_actors else min(TASK_CPUS, self.task_cpus)
 
     def remote_args(self) -> dict[str, float]:
         """Resources for ``map_batches``; ``num_gpus`` only where there are GPUs."""
@@ -189,61 +184,100 @@ class ActorPlan:
 
 
 def plan_actors(cluster: ClusterInfo, num_actors: int | None) -> ActorPlan:
-    """One actor per GPU; on CPUs, as many actors as cores, each with a share of the threads.
+    """One actor per GPU; on CPUs, about one actor per core, planned node by node.
 
-    On CPUs the actors reserve three quarters of the cores (all but one on small nodes) and
-    the read, decode and write tasks the rest, so that neither waits for the other forever;
-    between them the actors' threads use every core. Up to 4 cores, each actor runs one
-    thread: several single-threaded copies of the model (measured: two at 1 thread each
-    classify 10 to 15% more images/s than one at 2 threads on 2 cores). Above, actors of 4
-    threads keep the number of model copies, and memory, in bounds.
+    Ray may place the actors on any nodes, so the plan holds for every placement: all the
+    actors find room, and the read, decode and write tasks then still find ``task_cpus``
+    free on some node. On CPUs each node of ``c`` CPUs keeps ``r = max(task_cpus, c // 4)``
+    for the tasks and is meant to host ``k`` actors: one per core where no node has more
+    than 4, else one per 4 cores (several single-threaded copies of the model classify 10 to
+    15% more images/s than one at 2 threads on 2 cores; above, actors of 4 threads keep the
+    copies, and memory, in bounds). Each actor reserves the least ``(c - r) / k`` of any
+    node, so the actors hold at most ``C - sum(r)`` of the cluster's ``C`` CPUs: were every
+    node left with less than ``task_cpus``, they would hold more (pigeonhole). Together
+    the actors' threads use every core.
 
-    CPU tasks reserve a whole CPU (less only where fewer are left), so on a small node one
-    task runs at a time and one worker process serves every read and write in turn. Two at
-    once need two workers, and Ray ends surplus idle workers after a second (on 2 CPUs it
-    kept one of two), so it started a new one whenever two tasks met again; on 2 cores that
-    start-up (~2.5 s of CPU: a fresh process importing Ray Data) stalled the actors in the
-    middle of one series run in two, costing 20 to 30% of its images/s.
+    Tasks reserve a whole CPU (half the smallest node where that is less), so on a small
+    node one task runs at a time and one worker process serves every read and write in
+    turn. Two at once need two workers, and Ray ends surplus idle workers after a second
+    (on 2 CPUs it kept one of two), so it started a new one whenever two tasks met again; on
+    2 cores that start-up (~2.5 s of CPU: a fresh process importing Ray Data) stalled the
+    actors in the middle of one series run in two, costing 20 to 30% of its images/s.
 
-    Fails at once, naming ``num_actors``, when the cluster cannot host that many actors,
-    instead of leaving the dataset waiting for resources that never come.
+    A given ``num_actors`` share what the tasks leave, each actor small enough that all of
+    them find room. GPU actors take one GPU each and at most one CPU, leaving ``task_cpus``
+    on every GPU node. More actors than CPUs (or GPUs) fail at once, naming ``num_actors``
+    and the node sizes, instead of leaving the dataset waiting for resources that never come.
     """
-    gpus, cpus = int(cluster.gpus), int(cluster.cpus)
-    if gpus:
-        actors = num_actors or gpus
-        if actors > gpus:
-            raise SettingsError(
-                f"num_actors={num_actors} is more than this cluster's {gpus} GPU(s) can host: "
-                f"use at most {gpus}, or None for one actor per GPU."
-            )
-        return ActorPlan(actors, num_cpus=1, num_gpus=1, threads=max(1, cpus // actors), task_cpus=TASK_CPUS)
-    if cpus < 1:
+    cpu_nodes = [cpus for cpus, _ in cluster.sizes if cpus > 0]
+    if not cpu_nodes:
         raise SettingsError("Ray reports no CPUs: check the cluster (`ray status`).")
-    if num_actors and num_actors > cpus:
-        raise SettingsError(
-            f"num_actors={num_actors} is more than this cluster can host ({cpus} CPUs, at least "
-            f"one per actor): use at most {cpus}, or None for automatic."
-        )
-    actors = num_actors or max(1, cpus // (1 if cpus <= 4 else 4))
-    spare = max(cpus / 2, cpus - max(1, cpus // 4))  # the actors' share; the rest is for the tasks
-    return ActorPlan(actors, num_cpus=spare / actors, num_gpus=0, threads=max(1, cpus // actors),
-                     task_cpus=min(1.0, cpus - spare))
+    task_cpus = min(1.0, min(cpu_nodes) / 2)
+    gpu_nodes = [(cpus, int(gpus)) for cpus, gpus in cluster.sizes if gpus >= 1]
+    if gpu_nodes:
+        most = sum(gpus for _, gpus in gpu_nodes)
+        if num_actors and num_actors > most:
+            raise SettingsError(
+                f"num_actors={num_actors} is more than this cluster can host (nodes of "
+                f"{cluster.describe_nodes()}; one actor per GPU): use at most {most}, or None for one per GPU."
+            )
+        actors, task_cpus = num_actors or most, min(TASK_CPUS, task_cpus)
+        share = min(1.0, *(max(0.0, cpus - task_cpus) / gpus for cpus, gpus in gpu_nodes))
+        return ActorPlan(actors, num_cpus=_in_resource_units(share), num_gpus=1,
+                         threads=max(1, int(sum(cpus for cpus, _ in gpu_nodes)) // actors), task_cpus=task_cpus)
+    for_tasks = [max(task_cpus, cpus // 4) for cpus in cpu_nodes]
+    if num_actors:
+        most = sum(int(cpus) for cpus in cpu_nodes)
+        if num_actors > most:
+            raise SettingsError(
+                f"num_actors={num_actors} is more than this cluster can host (nodes of "
+                f"{cluster.describe_nodes()}; at most one actor per CPU): use at most {most}, or None for automatic."
+            )
+        actors = num_actors
+        share = min((sum(cpu_nodes) - sum(for_tasks)) / actors, _largest_share(cpu_nodes, actors))
+    else:
+        per_actor = 1 if max(cpu_nodes) <= LARGE_NODE_THREADS else LARGE_NODE_THREADS
+        intended = [max(1, int(cpus // per_actor)) for cpus in cpu_nodes]
+        actors = sum(intended)
+        share = min((cpus - kept) / k for cpus, kept, k in zip(cpu_nodes, for_tasks, intended))
+    threads = max(1, min(int(sum(cpu_nodes)) // actors, int(max(cpu_nodes))))  # no more than a node has
+    return ActorPlan(actors, num_cpus=_in_resource_units(share), num_gpus=0, threads=threads, task_cpus=task_cpus)
+
+
+def _largest_share(cpu_nodes: list[float], actors: int) -> float:
+    """The most CPUs each of ``actors`` actors can reserve and still all find room, however
+    Ray places them: a node of ``c`` CPUs is full at ``c // share`` actors."""
+    candidates = sorted({cpus / count for cpus in cpu_nodes for count in range(1, actors + 1)}, reverse=True)
+    return next(share for share in candidates
+                if sum(math.floor(cpus / share + 1e-9) for cpus in cpu_nodes) >= actors)
+
+
+def _in_resource_units(cpus: float) -> float:
+    """``cpus`` rounded down to Ray's resolution, so that Ray's sums agree with the plan's."""
+    return math.floor(cpus * RESOURCE_UNITS_PER_CPU + 1e-6) / RESOURCE_UNITS_PER_CPU
+
+
+def read_for_plan(listing: Listing, settings: Settings, plan: ActorPlan):
+    """Notebook 01's read of the images' bytes, in read tasks sized for the actor plan:
+    each holds a whole number of batches (no runt batches), at least one task per actor."""
+    batches_per_read = math.ceil(FILES_PER_READ / settings.batch_size)
+    return read_image_files(listing, settings.limit, num_cpus=plan.task_cpus,
+                            files_per_read=batches_per_read * settings.batch_size, min_reads=plan.num_actors)
 
 
 def build_pipeline(listing: Listing, settings: Settings, plan: ActorPlan):
-    """The lazy Dataset of predictions: read bytes -> map(decode, preprocess) -> map_batches."""
+    """Notebook 03's pipeline with ``FastClassifier``: read bytes -> map(decode, preprocess)
+    -> map_batches; lazy."""
     import ray.data
 
-    batches_per_read = math.ceil(FILES_PER_READ / settings.batch_size)
-    ds = read_image_files(listing, settings.limit, num_cpus=plan.task_cpus,
-                          files_per_read=batches_per_read * settings.batch_size, min_reads=plan.num_actors)
+    ds = read_for_plan(listing, settings, plan)
     ds = ds.map(
         decode_and_preprocess,
         fn_kwargs={"preprocessing": models.preprocessing(settings.model_name), "root": listing.root},
         num_cpus=plan.decode_cpus,  # the actors' own share: Ray fuses decoding into them
     )
     return ds.map_batches(
-        Classifier,
+        FastClassifier,
         fn_constructor_kwargs={"model_name": settings.model_name, "threads": plan.threads},
         batch_size=settings.batch_size,
         compute=ray.data.ActorPoolStrategy(size=plan.num_actors),
@@ -262,7 +296,9 @@ class RunSummary:
     num_images: int  # images classified
     num_skipped: int  # unreadable images plus files that were never images
     seconds: float  # the whole stage: start-up, model loading, reading, inference, writing
-    images_per_second: float  # steady state: once every actor has finished a batch, to the last
+    images_per_second: float | None  # steady state: once every actor has finished a batch, to
+    # the last (None where the classifier records no ``predicted_at`` and ``actor``)
+    overall_images_per_second: float  # images classified / seconds of the whole stage
     model_name: str
     data_uri: str
     limit: int | None
@@ -296,6 +332,119 @@ def skipped_files(listing: Listing, predictions: pd.DataFrame) -> pd.DataFrame:
     ).sort_values("path", ignore_index=True)
 
 
+@dataclass
+class Run:
+    """One run's fresh folder, where ``write_parquet`` puts its files; ``summary`` once the
+    run is complete and ``predictions.json`` names it."""
+
+    location: Location
+    summary: RunSummary | None = None
+
+    @property
+    def path(self) -> str:
+        """The folder inside its filesystem, as ``write_parquet`` takes it."""
+        return self.location.path
+
+    @property
+    def filesystem(self) -> pyarrow.fs.FileSystem:
+        return self.location.filesystem
+
+
+@contextlib.contextmanager
+def new_run(settings: Settings, listing: Listing, plan: ActorPlan) -> Iterator[Run]:
+    """Around the ``write_parquet`` of notebook 03: write into a fresh folder, and replace the
+    last complete run only once this one is complete.
+
+    On success ``skipped.csv`` is written beside the Parquet files, then ``predictions.json``
+    (replaced in one step) names the run, and older runs are deleted; so an interrupted run
+    leaves the previous predictions readable, locally and in a bucket (an S3 object appears
+    only once completely uploaded). On failure the half-written folder is deleted, the
+    failed run's actors are ended before the error reaches you (a retry then finds its
+    CPUs free), and the error propagates as it was raised, with a note added.
+    """
+    models.fetch_weights(settings.model_name)  # fail fast on the driver, not in every actor
+    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    run = Run(settings.predictions_dir / run_id)
+    started = time.perf_counter()
+    try:
+        with releasing_actors(), native_stderr_to(settings.logs_dir / "ray-core.log"):
+            yield run
+    except BaseException as error:
+        with contextlib.suppress(OSError):  # keep the pipeline's error, not the clean-up's
+            run.location.delete()
+        error.add_note(f"The previous predictions in {settings.output_dir} are unchanged.")
+        raise
+    run.summary = _complete(run, listing, settings, plan, seconds=time.perf_counter() - started)
+
+
+def _complete(run: Run, listing: Listing, settings: Settings, plan: ActorPlan, seconds: float) -> RunSummary:
+    """Record a finished run: ``skipped.csv``, then ``predictions.json``; delete older runs."""
+    files = [child for child in run.location.children() if child.name.endswith(".parquet")]
+    written = read_parquet(files)
+    skipped = skipped_files(listing, written)
+    write_csv(run.location / "skipped.csv", skipped, index=False)
+    timed = {"predicted_at", "actor"} <= set(written.columns)
+    num_images = int((written["error"] == "").sum())
+    summary = RunSummary(
+        run_id=run.location.name, files=[file.relative_to(settings.output_dir) for file in files],
+        skipped_file=(run.location / "skipped.csv").relative_to(settings.output_dir),
+        num_rows=len(written), num_images=num_images, num_skipped=len(skipped), seconds=round(seconds, 3),
+        images_per_second=round(steady_images_per_second(written), 2) if timed else None,
+        overall_images_per_second=round(num_images / seconds, 2),
+        model_name=settings.model_name, data_uri=settings.data_uri, limit=settings.limit,
+        batch_size=settings.batch_size, num_actors=plan.num_actors, threads_per_actor=plan.threads,
+    )
+    write_json(settings.predictions_manifest, asdict(summary))
+    for old in settings.predictions_dir.children():
+        if old.name != summary.run_id:
+            old.delete()
+    return summary
+
+
+def _timed(model, batch: torch.Tensor, repeats: int = 2) -> tuple[float, torch.Tensor]:
+    """Images/s of ``model`` on ``batch``, best of ``repeats`` timed passes after one warm-up
+    pass, and the warm-up pass's top-1 class per image."""
+    best = math.inf
+    with torch.inference_mode():
+        top1 = model(batch).float().argmax(1)
+        for _ in range(repeats):
+            started = time.perf_counter()
+            model(batch)
+            if batch.device.type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - started)
+    return len(batch) / best, top1
+
+
+def measure_levers(model_name: str, pixels: np.ndarray) -> pd.DataFrame:
+    """Images/s of the model alone on one batch, lever by lever: plain, then channels_last,
+    then a frozen graph (CPU) or bf16 autocast (GPU); and the share of top-1 predictions
+    that agree with the plain model's."""
+    predictor = Predictor(model_name)
+    device, spec = predictor.device, predictor.preprocessing
+    batch = spec.normalize(torch.from_numpy(np.array(pixels)).to(device))
+    last = batch.contiguous(memory_format=torch.channels_last)
+    plain = models.load_model(model_name).to(device)
+    in_channels_last = models.load_model(model_name).to(device, memory_format=torch.channels_last)
+    rows = [("plain", plain, batch), ("+ channels_last", in_channels_last, last)]
+    if device.type == "cpu":
+        rows.append(("+ frozen graph", predictor.model, last))
+    else:
+        def bf16(images):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return predictor.model(images)
+        rows.append(("+ bf16 autocast", bf16, last))
+    table, plain_top1 = [], None
+    for lever, model, images in rows:
+        rate, top1 = _timed(model, images)
+        plain_top1 = top1 if plain_top1 is None else plain_top1
+        table.append({"lever": lever, "images_per_second": rate,
+                      "top1_agrees_with_plain": float((top1 == plain_top1).float().mean())})
+    frame = pd.DataFrame(table).set_index("lever")
+    frame["speed_up"] = frame["images_per_second"] / frame["images_per_second"].iloc[0]
+    return frame
+
+
 def batch_size_sweep(listing: Listing, settings: Settings, plan: ActorPlan,
                      batch_sizes: tuple[int, ...] = (8, 16, 32, 64), images: int = 128) -> pd.DataFrame:
     """Steady images/s (and the whole stage's seconds) of the pipeline at each batch size,
@@ -319,75 +468,9 @@ def batch_size_sweep(listing: Listing, settings: Settings, plan: ActorPlan,
     return pd.DataFrame(rows)
 
 
-class PipelineFailed(RuntimeError):
-    """The pipeline stopped with an error; the last complete run's outputs are untouched."""
-
-
-def _execute(predictions, run_dir: Location, plan: ActorPlan) -> str | None:
-    """Write the predictions; on failure return the error as text, with every reference to
-    the failed execution dropped and collected, so Ray releases its actors and their CPUs.
-
-    A traceback kept alive (by the caller, or by Jupyter's ``sys.last_traceback``) would
-    otherwise keep the actors alive, and the next run would wait forever for their CPUs.
-    """
-    try:
-        # Write tasks reserve the tasks' share: with Ray's default of one CPU they could not
-        # start beside the actors on a small node, and would all wait for the pool to end.
-        predictions.write_parquet(run_dir.path, filesystem=run_dir.filesystem,
-                                  ray_remote_args={"num_cpus": plan.task_cpus})
-        return None
-    except Exception as error:  # noqa: BLE001 - reported to the caller below
-        failure = f"The pipeline failed: {_first_error_line(error)}"
-    gc.collect()
-    return failure
-
-
-def _first_error_line(error: BaseException) -> str:
-    """The user's own error inside Ray's wrappers, whose text carries the remote traceback.
-
-    ``ValueError: boom`` rather than ``UserCodeException: UDF failed to process a block``.
-    """
-    for line in str(error).splitlines():
-        name, colon, _ = line.strip().partition(":")
-        if colon and name.isidentifier() and name.endswith(("Error", "Exception")) and not name.startswith("Ray"):
-            return line.strip()
-    return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-
-
 def run_batch_inference(predictions, listing: Listing, settings: Settings, plan: ActorPlan) -> RunSummary:
-    """Execute the ``predictions`` pipeline into Parquet, replacing the last run atomically.
-
-    Each run writes into a fresh folder, with ``skipped.csv`` beside it; only when both are
-    complete does ``predictions.json`` (replaced in one step) point at them, so an
-    interrupted run leaves the previous predictions readable. Older runs are then deleted.
-    The same holds in a bucket: an S3 object appears only once it is completely uploaded.
-    """
-    models.fetch_weights(settings.model_name)  # fail fast on the driver, not in every actor
-    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    run_dir = settings.predictions_dir / run_id
-    with native_stderr_to(settings.logs_dir / "ray-core.log"):
-        started = time.perf_counter()
-        failure = _execute(predictions, run_dir, plan)
-        seconds = time.perf_counter() - started
-    if failure:
-        with contextlib.suppress(OSError):  # keep the pipeline's error, not the clean-up's
-            run_dir.delete()
-        raise PipelineFailed(f"{failure}\nThe previous predictions in {settings.output_dir} are unchanged.")
-    files = [child for child in run_dir.children() if child.name.endswith(".parquet")]
-    written = read_parquet(files, columns=["path", "error", "predicted_at", "actor"])
-    skipped = skipped_files(listing, written)
-    write_csv(run_dir / "skipped.csv", skipped, index=False)
-    summary = RunSummary(
-        run_id=run_id, files=[file.relative_to(settings.output_dir) for file in files],
-        skipped_file=(run_dir / "skipped.csv").relative_to(settings.output_dir),
-        num_rows=len(written), num_images=int((written["error"] == "").sum()),
-        num_skipped=len(skipped), seconds=round(seconds, 3),
-        images_per_second=round(steady_images_per_second(written), 2),
-        model_name=settings.model_name, data_uri=settings.data_uri, limit=settings.limit,
-        batch_size=settings.batch_size, num_actors=plan.num_actors, threads_per_actor=plan.threads,
-    )
-    write_json(settings.predictions_manifest, asdict(summary))
-    for old in settings.predictions_dir.children():
-        if old.name != run_id:
-            old.delete()
-    return summary
+    """Notebook 03's write, for scripts and tests: ``predictions`` into Parquet, as a
+    ``new_run`` that replaces the last complete run only once it is complete."""
+    with new_run(settings, listing, plan) as run:
+        predictions.write_parquet(run.path, filesystem=run.filesystem, ray_remote_args={"num_cpus": plan.task_cpus})
+    return run.summary

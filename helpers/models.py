@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from helpers.settings import OFFLINE_MODEL, check_model_name
@@ -44,6 +45,15 @@ class Preprocessing:
         """One 3 x H x W uint8 image of any size -> 3 x crop x crop uint8."""
         image = F.resize(image, [self.resize_size], interpolation=self.interpolation, antialias=True)
         return F.center_crop(image, [self.crop_size]).numpy()
+
+    def transforms(self) -> v2.Compose:
+        """The same steps as one torchvision transform: 3 x H x W uint8 -> normalised float."""
+        return v2.Compose([
+            v2.Resize(self.resize_size, interpolation=self.interpolation, antialias=True),
+            v2.CenterCrop(self.crop_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(self.mean, self.std),
+        ])
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         """N x 3 x H x W uint8 -> float, scaled to [0, 1] then standardised with mean/std."""
@@ -78,6 +88,30 @@ def preprocessing(model_name: str) -> Preprocessing:
         std=tuple(transforms.std),
         interpolation=transforms.interpolation,
     )
+
+
+@dataclass(frozen=True)
+class OfflineWeights:
+    """The offline model's weights, with the two things notebooks use from torchvision's
+    weight enums: ``transforms()`` and ``meta["categories"]``."""
+
+    model_name: str = OFFLINE_MODEL
+
+    def transforms(self) -> v2.Compose:
+        return preprocessing(self.model_name).transforms()
+
+    @property
+    def meta(self) -> dict:
+        from helpers import labels
+
+        return {"categories": list(labels.class_names())}
+
+
+def get_weights(model_name: str):
+    """The model's pretrained weights, as torchvision names them (``ResNet152_Weights.IMAGENET1K_V1``),
+    or ``OfflineWeights`` for the offline model: either has ``transforms()`` and ``meta``."""
+    check_model_name(model_name)
+    return OfflineWeights() if model_name == OFFLINE_MODEL else _torchvision_weights(model_name)
 
 
 def _torchvision_weights(model_name: str):
@@ -137,16 +171,20 @@ def fetch_weights(model_name: str) -> None:
     weights.get_state_dict(progress=True, check_hash=True)
 
 
+def get_model(model_name: str, weights) -> torch.nn.Module:
+    """Like ``torchvision.models.get_model(name, weights=...)``, for the offline model too;
+    fails within seconds, saying what to do, when the weights cannot be downloaded."""
+    fetch_weights(model_name)
+    if isinstance(weights, OfflineWeights):
+        return _offline_lite0()
+    from torchvision.models import get_model as torchvision_get_model
+
+    return torchvision_get_model(model_name, weights=weights)
+
+
 def load_model(model_name: str) -> torch.nn.Module:
     """The named ImageNet classifier with its pretrained weights, in eval mode, on the CPU."""
-    fetch_weights(model_name)
-    if model_name == OFFLINE_MODEL:
-        model = _offline_lite0()
-    else:
-        from torchvision.models import get_model
-
-        model = get_model(model_name, weights=_torchvision_weights(model_name))
-    return model.eval()
+    return get_model(model_name, get_weights(model_name)).eval()
 
 
 def best_device() -> torch.device:

@@ -38,12 +38,12 @@ def image_grid(images: Sequence[np.ndarray], titles: Sequence[str], columns: int
 def size_scatter(images: pd.DataFrame) -> plt.Figure:
     """Width against height of every image, one colour per class."""
     figure, axis = plt.subplots(figsize=(6, 4.5))
-    for name, group in images.groupby("class"):
+    for name, group in images.groupby("name"):
         axis.scatter(group["width"], group["height"], s=10, alpha=0.6, label=name)
     axis.set_xlabel("width (pixels)")
     axis.set_ylabel("height (pixels)")
     axis.set_title("Image sizes")
-    if images["class"].nunique() <= 12:
+    if images["name"].nunique() <= 12:
         axis.legend(fontsize=8, markerscale=1.5)
     figure.tight_layout()
     return figure
@@ -57,6 +57,33 @@ def misclassified_figure(wrong: pd.DataFrame, data_uri: str) -> plt.Figure:
         for label, name, score in zip(wrong["label"], wrong["top1_name"], wrong["top1_score"])
     ]
     return image_grid([load_thumbnail(path, filesystem) for path in wrong["path"]], titles)
+
+
+def predictions_grid(batch: dict, filesystem) -> plt.Figure:
+    """A batch of predictions (``take_batch``) as images, each titled with its top-1 guess,
+    its score and the folder label; a file that could not be decoded shows its reason."""
+    images, titles = [], []
+    for path, label, name, score, error in zip(batch["path"], batch["label"], batch["top1_name"],
+                                               batch["top1_score"], batch["error"]):
+        if error:
+            images.append(np.full((8, 8, 3), 255, np.uint8))
+            titles.append(f"unreadable:\n{error[:40]}")
+        else:
+            images.append(load_thumbnail(path, filesystem))
+            titles.append(f"{name} ({score:.0%})\nfolder: {label_to_name(label)}")
+    return image_grid(images, titles, columns=len(images))
+
+
+def speed_ups_figure(levers: pd.DataFrame) -> plt.Figure:
+    """Images/s of the model alone, lever by lever, as horizontal bars."""
+    figure, axis = plt.subplots(figsize=(6, 0.6 + 0.5 * len(levers)))
+    axis.barh(levers.index[::-1], levers["images_per_second"][::-1], color="tab:blue")
+    for position, value in enumerate(levers["images_per_second"][::-1]):
+        axis.text(value, position, f" {value:.0f}", va="center", fontsize=9)
+    axis.set_xlabel("images / s, model alone, one batch")
+    axis.set_xlim(0, levers["images_per_second"].max() * 1.2)
+    figure.tight_layout()
+    return figure
 
 
 def top5_figure(images: Sequence[np.ndarray], predictions: pd.DataFrame) -> plt.Figure:
@@ -91,20 +118,6 @@ def confusion_figure(matrix: pd.DataFrame) -> plt.Figure:
             axis.text(column, row, count, ha="center", va="center", fontsize=8,
                       color="white" if count > threshold else "black")
     figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.04)
-    figure.tight_layout()
-    return figure
-
-
-def throughput_figure(sweep: pd.DataFrame) -> plt.Figure:
-    """Images per second against batch size."""
-    figure, axis = plt.subplots(figsize=(5.5, 3.8))
-    axis.plot(sweep["batch_size"], sweep["images_per_second"], marker="o")
-    axis.set_xscale("log", base=2)
-    axis.set_xticks(sweep["batch_size"], [str(size) for size in sweep["batch_size"]])
-    axis.set_xlabel("batch size")
-    axis.set_ylabel("images / s (steady state)")
-    axis.set_ylim(bottom=0)
-    axis.grid(alpha=0.3)
     figure.tight_layout()
     return figure
 

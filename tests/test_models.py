@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-from helpers import inference, labels, models
+from helpers import labels, models
 from helpers.settings import SettingsError
 
 
@@ -82,13 +82,14 @@ def _unreachable(request, timeout):
 
 def _sample_batch(sample_dir):
     files = sorted(sample_dir.rglob("*.JPEG"))
-    images = [np.asarray(Image.open(path).convert("RGB")) for path in files]
+    images = [np.array(Image.open(path).convert("RGB")) for path in files]
     truth = np.array([labels.wnid_to_index(path.parent.name) for path in files])
     return images, truth
 
 
 def _accuracy(model, spec, images, truth):
-    pixels = torch.from_numpy(inference.preprocess_images(images, spec))
+    pixels = torch.stack([torch.from_numpy(spec.resize_and_crop(torch.from_numpy(image).permute(2, 0, 1)))
+                          for image in images])
     with torch.inference_mode():
         top5 = torch.cat([model(spec.normalize(chunk)) for chunk in pixels.split(64)]).topk(5).indices.numpy()
     return (top5[:, 0] == truth).mean(), (top5 == truth[:, None]).any(axis=1).mean()
