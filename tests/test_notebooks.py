@@ -1,6 +1,8 @@
 """The four notebooks end to end: papermill on a small limit, then nbval on the results."""
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +47,37 @@ def test_every_notebook_has_a_parameters_cell_with_the_same_names():
     assert names == ["data_uri", "model_name", "output_dir", "limit", "batch_size", "num_actors"]
 
 
+# What each notebook's code cells (not its prose) must call: the code the series teaches.
+TAUGHT = {
+    "01": ("ray.init(", "read_images(", ".schema()", ".count()", "take_batch(", "read_binary_files(", ".map("),
+    "02": ("inference_mode", "weights.transforms()", ".eval()", "softmax(", "topk("),
+    "03": (".map(", "map_batches(", "ActorPoolStrategy(", "take_batch(", "write_parquet(", "def __call__("),
+    "04": ("read_parquet(",),
+}
+
+
+def _code(path) -> str:
+    notebook = nbformat.read(path, as_version=4)
+    return "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
+
+
+@pytest.mark.parametrize("notebook", series.NOTEBOOKS, ids=lambda path: path.stem)
+def test_each_notebook_types_the_code_it_teaches(notebook):
+    code = _code(notebook)
+    missing = [call for call in TAUGHT[notebook.name[:2]] if call not in code]
+    assert not missing, f"{notebook.name} code cells lack {missing}"
+
+
+def test_notebook_03_defines_a_callable_class():
+    assert re.search(r"^class \w+:(\n    .*|\n)*?\n    def __call__\(self, batch", _code(series.NOTEBOOKS[2]), re.M)
+
+
+def test_every_notebook_has_worked_solutions():
+    assert [path.name[:2] for path in series.SOLUTIONS] == [path.name[:2] for path in series.NOTEBOOKS]
+    for notebook in series.NOTEBOOKS:
+        assert f"solutions/{notebook.name[:2]}_solutions.ipynb" in notebook.read_text()
+
+
 def test_series_writes_predictions_and_metrics(executed):
     output_dir, _ = executed
     manifest = json.loads((output_dir / "predictions.json").read_text())
@@ -61,8 +94,8 @@ def test_series_writes_predictions_and_metrics(executed):
     assert metrics["num_images"] == LIMIT and metrics["model_name"] == "efficientnet_lite0"
     assert 0.3 <= metrics["top1"] <= metrics["top5"] <= 1.0
     assert metrics["images_per_second"] > 0
-    for figure in ("01_sample_images", "01_image_sizes", "02_top5", "03_batch_size_throughput",
-                   "04_confusion_matrix", "04_misclassified"):
+    for figure in ("01_sample_images", "01_image_sizes", "02_top5", "03_checked_predictions",
+                   "03_speed_ups", "04_confusion_matrix", "04_misclassified"):
         assert (output_dir / "figures" / f"{figure}.png").stat().st_size > 10_000
 
 
@@ -87,3 +120,18 @@ def test_nbval_reproduces_the_deterministic_cells(executed):
     )
     assert result.returncode == 0, result.stdout[-4000:]
     assert " passed" in result.stdout
+
+
+def test_the_worked_solutions_run(executed, tmp_path):
+    """The exercise solutions, on a copy of the series' outputs (04's needs 03's predictions)."""
+    output_dir, _ = executed
+    copy = tmp_path / "outputs"
+    shutil.copytree(output_dir, copy, ignore=shutil.ignore_patterns("notebooks", "logs"))
+    series.execute_series(copy, {"limit": 24, "batch_size": 8}, notebooks=series.SOLUTIONS, progress=False)
+    for path in series.SOLUTIONS:
+        notebook = nbformat.read(copy / "notebooks" / path.name, as_version=4)
+        outputs = [output for cell in notebook.cells for output in cell.get("outputs", [])]
+        assert outputs and not [output for output in outputs if output.output_type == "error"], path.name
+    text = (copy / "notebooks" / "03_solutions.ipynb").read_text()
+    assert "reading " in text and "ValueError: cannot handle" in text
+    assert "the last complete run is unchanged: True" in text
