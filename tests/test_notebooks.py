@@ -113,9 +113,11 @@ def test_executed_notebooks_read_cleanly(executed):
 def test_nbval_reproduces_the_deterministic_cells(executed):
     """nbval re-runs each executed notebook and compares the cells tagged nbval-check-output."""
     output_dir, _ = executed
+    checked = [path for path in series.NOTEBOOKS if "nbval-check-output" in path.read_text()]
+    assert len(checked) >= 3  # notebook 03 has none: its outputs are timings and actors
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
-         *(str(output_dir / "notebooks" / path.name) for path in series.NOTEBOOKS)],
+         *(str(output_dir / "notebooks" / path.name) for path in checked)],
         capture_output=True, text=True, timeout=1800,
     )
     assert result.returncode == 0, result.stdout[-4000:]
