@@ -233,13 +233,18 @@ NATIVE_LOG = helpers.PROJECT_ROOT / "outputs" / "logs" / "ray-core.log"
 _NATIVE_STDERR_REDIRECTED = False
 
 
-def _send_native_stderr_to(path: Path) -> None:
-    """From now on, file descriptor 2 of this process (Ray's C++ core) writes to ``path``."""
-    global _NATIVE_STDERR_REDIRECTED
+def _point_native_stderr_at(path: Path) -> None:
+    """File descriptor 2 of this process (Ray's C++ core) writes to ``path`` from now on."""
     path.parent.mkdir(parents=True, exist_ok=True)
     sys.stderr.flush()
     with open(path, "ab") as log:
         os.dup2(log.fileno(), 2)
+
+
+def _send_native_stderr_to(path: Path) -> None:
+    """For the rest of this process, Ray's C++ core writes to ``path``."""
+    global _NATIVE_STDERR_REDIRECTED
+    _point_native_stderr_at(path)
     _NATIVE_STDERR_REDIRECTED = True
 
 
@@ -252,11 +257,8 @@ def native_stderr_to(path: Path):
     own warnings and exceptions do not go through descriptor 2 in Jupyter, so they still
     show; the C++ lines land in the log file for whoever needs them.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stderr.flush()
     saved = os.dup(2)
-    with open(path, "ab") as log:
-        os.dup2(log.fileno(), 2)
+    _point_native_stderr_at(path)
     try:
         yield path
     finally:

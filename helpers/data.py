@@ -21,7 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from helpers import sample
 from helpers.settings import SAMPLE_DATA
-from helpers.storage import s3_hint
+from helpers.storage import Location, s3_hint
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "tif", "tiff", "bmp", "gif", "webp")
 MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit (~89 MP)
@@ -118,8 +118,7 @@ def decodable_images(listing: Listing, count: int) -> list[str]:
     clean = []
     for path in select_images(listing.images, listing.root, min(len(listing.images), 2 * count)):
         try:
-            with listing.filesystem.open_input_stream(path) as stream:
-                decode_image(stream.read())
+            decode_image(Location(listing.filesystem, path).read_bytes())
         except (UnreadableImage, OSError):
             continue
         clean.append(path)
