@@ -3,11 +3,13 @@
 A messy folder is built in ``tmp_path``: real photographs from the embedded sample beside
 images in every Pillow mode, EXIF-rotated, tiny and over-large images, empty, truncated and
 garbage files, non-image files, nested folders and a class folder that is no ImageNet id.
+The series runs on a copy of it in a bucket on a real S3 server (moto's, on 127.0.0.1) and
+writes its outputs back there: bad input and S3, in and out, in one run.
 """
 import io
 import json
 import math
-import shutil
+import posixpath
 import struct
 import traceback
 import warnings
@@ -22,8 +24,9 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import data, evaluation, sample, series, settings
+from helpers import data, evaluation, inference, labels, models, sample, series, settings, storage
 from helpers.data import UnreadableImage
+from helpers.storage import Location
 
 EMPTY = "empty file (0 bytes)"
 UNKNOWN = "not a readable image (unknown or corrupt format)"
@@ -305,6 +308,7 @@ class Messy:
     readable: dict[str, str] = field(default_factory=dict)  # relative path -> label
     unreadable: dict[str, str] = field(default_factory=dict)  # relative path -> reason prefix
     never_images: dict[str, str] = field(default_factory=dict)  # relative path -> exact reason
+    photographs: list[str] = field(default_factory=list)  # the readable real photographs
 
     def expected_reason(self, relative: str) -> str:
         """The exact reason for a skipped file; unreadable ones are decoded here to get it."""
@@ -338,11 +342,13 @@ def build_messy_folder(root: Path) -> Messy:
         for path in paths:
             put(f"{wnid}/{path.name}", path.read_bytes())
             messy.readable[f"{wnid}/{path.name}"] = wnid
+            messy.photographs.append(f"{wnid}/{path.name}")
     china = sorted((source / "n03877845").glob("*.JPEG"))
     put("my_holiday/palace.JPEG", china[0].read_bytes())
     put("my_holiday/day2/palace_again.jpeg", china[1].read_bytes())  # nested folder
     messy.readable.update({"my_holiday/palace.JPEG": "my_holiday",
                            "my_holiday/day2/palace_again.jpeg": "my_holiday"})
+    messy.photographs += ["my_holiday/palace.JPEG", "my_holiday/day2/palace_again.jpeg"]
     for relative, make in {
         "n02123045/gray_L.PNG": l_png, "n02123045/gray_alpha_LA.png": la_png,
         "n02123045/palette_P.png": p_png, "n02123045/palette_transparent.png": p_transparent_png,
@@ -377,35 +383,69 @@ def messy(tmp_path_factory) -> Messy:
     return build_messy_folder(tmp_path_factory.mktemp("messy"))
 
 
-def _relative(path: str, root: Path) -> str:
-    return Path(path).relative_to(root).as_posix()
+# ---------------------------------------------------------------- the messy folder on a bucket, and the series on it
+
+MESSY_BUCKET = "messy-photos"
 
 
-# ---------------------------------------------------------------- 2. listing
+@dataclass(frozen=True)
+class SeriesOnS3:
+    data_uri: str  # the messy folder, uploaded as it is
+    outputs: Location  # predictions, metrics and figures, in the bucket
+    local: Path  # the executed notebooks and logs
+
+
+@pytest.fixture(scope="module")
+def messy_bucket(messy, s3_endpoint) -> str:
+    """The messy folder uploaded file by file, hidden and empty files included."""
+    import boto3
+
+    client = boto3.client("s3")
+    client.create_bucket(Bucket=MESSY_BUCKET)
+    for path in sorted(p for p in messy.root.rglob("*") if p.is_file()):
+        client.upload_file(str(path), MESSY_BUCKET, f"in/{path.relative_to(messy.root).as_posix()}")
+    return f"s3://{MESSY_BUCKET}/in"
+
+
+@pytest.fixture(scope="module")
+def series_output(messy_bucket, tmp_path_factory) -> SeriesOnS3:
+    """The four notebooks on the messy bucket, writing their outputs back into it."""
+    local = tmp_path_factory.mktemp("messy-series")
+    outputs = f"s3://{MESSY_BUCKET}/outputs"
+    series.execute_series(local, {"data_uri": messy_bucket, "output_dir": outputs, "batch_size": 8}, progress=False)
+    return SeriesOnS3(messy_bucket, Location.parse(outputs), local)
+
+
+def _relative(path: str, root: str) -> str:
+    """``path`` below ``root``: local paths and a bucket's ("bucket/key") alike."""
+    return posixpath.relpath(path, root)
+
+
+# ---------------------------------------------------------------- 2. listing, from the folder and the bucket
 
 
 def test_list_files_on_the_messy_folder(messy):
     listing = data.list_files(str(messy.root))
-    images = [_relative(p, messy.root) for p in listing.images]
+    images = [_relative(p, listing.root) for p in listing.images]
     assert images == sorted(images)
     assert set(images) == set(messy.readable) | set(messy.unreadable)  # read, then decoded
-    assert {_relative(p, messy.root): reason for p, reason in listing.skipped} == messy.never_images
+    assert {_relative(p, listing.root): reason for p, reason in listing.skipped} == messy.never_images
     assert data.class_folder(str(messy.root / "my_holiday/day2/palace_again.jpeg"), str(messy.root)) == "my_holiday"
 
 
-# ---------------------------------------------------------------- 3. the series end to end
+def test_the_bucket_lists_as_the_folder_does(messy, messy_bucket):
+    folder, bucket = data.list_files(str(messy.root)), data.list_files(messy_bucket)
+    assert [_relative(p, bucket.root) for p in bucket.images] == [_relative(p, folder.root) for p in folder.images]
+    assert ({_relative(p, bucket.root): reason for p, reason in bucket.skipped}
+            == {_relative(p, folder.root): reason for p, reason in folder.skipped})
 
 
-@pytest.fixture(scope="module")
-def series_output(messy, tmp_path_factory):
-    output_dir = tmp_path_factory.mktemp("messy-series")
-    series.execute_series(output_dir, {"data_uri": str(messy.root), "batch_size": 8}, progress=False)
-    return output_dir
+# ---------------------------------------------------------------- 3. the series end to end, on the bucket
 
 
 def test_series_classifies_every_readable_image_and_reports_the_rest(messy, series_output):
-    manifest = json.loads((series_output / "predictions.json").read_text())
-    metrics = json.loads((series_output / "metrics.json").read_text())
+    out = series_output.outputs
+    manifest, metrics = storage.read_json(out / "predictions.json"), storage.read_json(out / "metrics.json")
     readable = len(messy.readable)
     assert metrics["num_images"] == manifest["num_images"] == readable
     assert metrics["num_scored"] == readable - 2 and metrics["num_classes"] == 2
@@ -413,13 +453,14 @@ def test_series_classifies_every_readable_image_and_reports_the_rest(messy, seri
     assert metrics["num_skipped"] == manifest["num_skipped"] == len(messy.skipped)
     assert manifest["num_rows"] == readable + len(messy.unreadable)
 
-    skipped = pd.read_csv(series_output / manifest["skipped_file"], keep_default_na=False)
+    root = data.list_files(series_output.data_uri).root
+    skipped = storage.read_csv(out / manifest["skipped_file"], keep_default_na=False)
     assert list(skipped.columns) == ["path", "reason"]
-    found = {_relative(p, messy.root): reason for p, reason in zip(skipped["path"], skipped["reason"])}
+    found = {_relative(p, root): reason for p, reason in zip(skipped["path"], skipped["reason"])}
     assert found == {relative: messy.expected_reason(relative) for relative in messy.skipped}
 
-    frame = pd.concat([pd.read_parquet(series_output / f) for f in manifest["files"]], ignore_index=True)
-    frame["relative"] = [_relative(p, messy.root) for p in frame["path"]]
+    frame = storage.read_parquet([out / f for f in manifest["files"]])
+    frame["relative"] = [_relative(p, root) for p in frame["path"]]
     assert len(frame) == frame["relative"].nunique() == manifest["num_rows"]
     good, bad = frame[frame["error"] == ""], frame[frame["error"] != ""]
     assert dict(zip(good["relative"], good["label"])) == messy.readable
@@ -432,13 +473,41 @@ def test_series_classifies_every_readable_image_and_reports_the_rest(messy, seri
     prediction_columns = [c for c in frame.columns if c.startswith(("top1_", "top5_"))]
     assert bad[prediction_columns].isna().all().all()
 
-    per_class = pd.read_csv(series_output / "per_class.csv", index_col="label")
+    per_class = storage.read_csv(out / "per_class.csv", index_col="label")
     assert per_class.loc["my_holiday", "images"] == 2
+
+
+def test_photographs_from_the_bucket_get_the_predictions_of_the_local_files(messy, series_output):
+    """The real photographs (no near ties), classified here from the local copies."""
+    out = series_output.outputs
+    manifest = storage.read_json(out / "predictions.json")
+    frame = storage.read_parquet([out / f for f in manifest["files"]])
+    root = data.list_files(series_output.data_uri).root
+    from_bucket = dict(zip((_relative(p, root) for p in frame["path"]), frame["top1_wnid"]))
+    photos = messy.photographs
+    preprocessing = models.preprocessing(manifest["model_name"])
+    pixels = np.stack([preprocessing.resize_and_crop(data.decode_image((messy.root / relative).read_bytes(),
+                                                                       at_least=preprocessing.resize_size))
+                       for relative in photos])
+    _, indices = inference.Predictor(manifest["model_name"]).top_k(pixels)
+    assert [from_bucket[relative] for relative in photos] == [labels.index_to_wnid(int(i)) for i in indices[:, 0]]
+
+
+def test_only_the_notebooks_and_logs_stay_local(series_output):
+    import boto3
+
+    listed = boto3.client("s3").list_objects_v2(Bucket=MESSY_BUCKET, Prefix="outputs/")["Contents"]
+    keys = {item["Key"] for item in listed}
+    assert {"outputs/predictions.json", "outputs/metrics.json", "outputs/per_class.csv",
+            "outputs/figures/04_confusion_matrix.png"} <= keys
+    assert any(key.startswith("outputs/predictions/") and key.endswith(".parquet") for key in keys)
+    assert not any("/.sweep-" in key or "/.write-check-" in key for key in keys)
+    assert sorted(p.name for p in series_output.local.iterdir()) == ["logs", "notebooks"]
 
 
 def test_executed_notebooks_hold_no_errors(series_output):
     for path in series.NOTEBOOKS:
-        notebook = nbformat.read(series_output / "notebooks" / path.name, as_version=4)
+        notebook = nbformat.read(series_output.local / "notebooks" / path.name, as_version=4)
         for cell in notebook.cells:
             for output in cell.get("outputs", []):
                 assert output.output_type != "error", (path.name, output.get("evalue"))
@@ -461,9 +530,7 @@ def ray_cluster(series_output):
 
 @pytest.mark.timeout(600)  # a run that waits for CPUs a failed run still holds hangs
 def test_a_failed_rerun_keeps_the_previous_predictions(messy, series_output, ray_cluster):
-    from helpers import inference
-
-    cfg = settings.resolve(data_uri=str(messy.root), output_dir=str(series_output), batch_size=8)
+    cfg = settings.resolve(data_uri=series_output.data_uri, output_dir=str(series_output.outputs), batch_size=8)
     manifest_before = cfg.predictions_manifest.read_text()
     frame_before, skipped_before, manifest = evaluation.load_predictions(cfg)
     plan = inference.plan_actors(ray_cluster, None)
@@ -500,9 +567,12 @@ def test_a_failed_rerun_keeps_the_previous_predictions(messy, series_output, ray
 def test_a_run_whose_skipped_list_is_missing_or_miscounted_is_refused(series_output, tmp_path):
     """(Missing Parquet files and wrong ``num_rows`` are covered in test_evaluation.py.)"""
     copy = tmp_path / "outputs"
-    shutil.copytree(series_output, copy, ignore=shutil.ignore_patterns("notebooks", "figures", "logs"))
+    out = series_output.outputs
+    manifest = storage.read_json(out / "predictions.json")
+    for name in ["predictions.json", manifest["skipped_file"], *manifest["files"]]:
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        (copy / name).write_bytes((out / name).read_bytes())
     cfg = settings.resolve(output_dir=str(copy))
-    manifest = json.loads(cfg.predictions_manifest.read_text())
     cfg.predictions_manifest.write_text(json.dumps({**manifest, "num_skipped": manifest["num_skipped"] + 1}))
     with pytest.raises(evaluation.PredictionsError, match="but the run recorded"):
         evaluation.load_predictions(cfg)
