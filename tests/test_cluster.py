@@ -1,5 +1,7 @@
 """Notebook 03 on existing Ray clusters of several node sizes on 127.0.0.1 (RAY_ADDRESS set)."""
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,56 +15,96 @@ RAY = str(Path(sys.executable).with_name("ray"))
 NOTEBOOK_03 = tuple(nb for nb in series.NOTEBOOKS if nb.name.startswith("03"))
 
 
-def _start(arguments: list[str], cwd: Path, log_path: Path) -> subprocess.Popen:
-    """`ray start --block ...` in ``cwd``, returned once it reports that Ray runs."""
+def _launch(arguments: list[str], cwd: Path, log_path: Path) -> subprocess.Popen:
+    """`ray start --block ...` in ``cwd``, writing to ``log_path``."""
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([RAY, "start", "--block", "--node-ip-address=127.0.0.1",
-                                    "--disable-usage-stats", *arguments],
-                                   cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        series.wait_until_started(log_path, process)
-    except BaseException:  # not started, or interrupted: leave no Ray behind
-        process.terminate()
-        process.wait(timeout=90)
-        raise
-    return process
+        return subprocess.Popen([RAY, "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+                                 *arguments], cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 # The CPUs of the head, then of each worker; and the actors the plan gives them (one per CPU).
 # Planned from the total CPUs, as before, the actors of every one but cpus-0-2 could leave no node
 # the whole CPU that each read or write task reserved (on 2-2 and 1-1-2 they always did): a stall.
+# In this order, cpus-1-1-2 is cpus-1-1 with one more worker: one cluster serves both.
 CLUSTERS = {
     "cpus-1-1": ((1, 1), 2),  # actors of 0.5 CPU, one per node, leave tasks half a CPU
+    "cpus-1-1-2": ((1, 1, 2), 4),
     "cpus-2-2": ((2, 2), 4),
     "cpus-0-2": ((0, 2), 2),  # all work goes to the worker
-    "cpus-1-1-2": ((1, 1, 2), 4),
 }
 HEAD_AND_WORKER = "cpus-0-2"
 
 
-@pytest.fixture(scope="module", params=list(CLUSTERS))
-def ray_cluster(request, tmp_path_factory):
-    """A head and worker nodes of the CPUs that ``CLUSTERS`` names, the workers started from an
-    unrelated directory (yielded), the last one carrying the custom resource ``second_node``."""
-    head_cpus, *worker_cpus = CLUSTERS[request.param][0]
-    logs, elsewhere = tmp_path_factory.mktemp("logs"), tmp_path_factory.mktemp("unrelated")
-    port = series.free_port()
-    started = []
+class LoopbackClusters:
+    """One cluster at a time: a head and workers on 127.0.0.1, the workers started from an
+    unrelated directory, the first carrying the custom resource ``second_node``. A shape that
+    only adds workers to the running cluster grows it; any other replaces it."""
+
+    def __init__(self, logs: Path, elsewhere: Path):
+        self.logs, self.elsewhere = logs, elsewhere
+        self.cpus: tuple[int, ...] = ()
+        self.processes: list[subprocess.Popen] = []
+        self.address = ""
+
+    def shaped(self, cpus: tuple[int, ...]) -> None:
+        """The cluster with these CPUs (head first) runs, and ``RAY_ADDRESS`` names it."""
+        if not self.cpus or self.cpus[0] != cpus[0] or self.cpus != cpus[:len(self.cpus)]:
+            self.stop()
+            port = series.free_port()
+            self.address = f"127.0.0.1:{port}"
+            self._start([(["--head", f"--port={port}", f"--num-cpus={cpus[0]}", "--include-dashboard=false"],
+                          PROJECT_ROOT)])
+            self.cpus = cpus[:1]
+        new = [([f"--address={self.address}", f"--num-cpus={count}",
+                 *(['--resources={"second_node": 1}'] if index == 1 else [])], self.elsewhere)
+               for index, count in enumerate(cpus[len(self.cpus):], len(self.cpus))]
+        self._start(new)  # side by side: each waits for its own start
+        self.cpus = cpus
+        os.environ["RAY_ADDRESS"] = self.address
+
+    def _start(self, nodes: list[tuple[list[str], Path]]) -> None:
+        launched = []
+        for arguments, cwd in nodes:
+            log_path = self.logs / f"node-{len(self.processes)}.log"
+            self.processes.append(_launch(arguments, cwd, log_path))
+            launched.append((log_path, self.processes[-1]))
+        try:
+            for log_path, process in launched:
+                series.wait_until_started(log_path, process)
+        except BaseException:  # not started, or interrupted: leave no Ray behind
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """SIGTERM to every node, and SIGKILL to the process group of any still up after 15 s."""
+        for process in reversed(self.processes):
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
+        self.processes, self.cpus = [], ()
+        os.environ.pop("RAY_ADDRESS", None)
+
+
+@pytest.fixture(scope="module")
+def clusters(tmp_path_factory):
     with environment(RAY_AUTH_MODE="token"):
         cluster.ensure_auth_token()  # `ray start` needs one; the tests' fresh home has none yet
+        running = LoopbackClusters(tmp_path_factory.mktemp("logs"), tmp_path_factory.mktemp("unrelated"))
         try:
-            started.append(_start(["--head", f"--port={port}", f"--num-cpus={head_cpus}",
-                                   "--include-dashboard=false"], PROJECT_ROOT, logs / "head.log"))
-            for index, cpus in enumerate(worker_cpus, 1):
-                marked = ['--resources={"second_node": 1}'] if index == len(worker_cpus) else []
-                started.append(_start([f"--address=127.0.0.1:{port}", f"--num-cpus={cpus}", *marked],
-                                      elsewhere, logs / f"worker-{index}.log"))
-            with environment(RAY_ADDRESS=f"127.0.0.1:{port}"):
-                yield elsewhere
+            yield running
         finally:
-            for process in reversed(started):
-                process.terminate()
-                process.wait(timeout=90)
+            running.stop()
+
+
+@pytest.fixture(scope="module", params=list(CLUSTERS))
+def ray_cluster(request, clusters) -> LoopbackClusters:
+    """A cluster of the shape that ``CLUSTERS`` names, joined through ``RAY_ADDRESS``."""
+    clusters.shaped(CLUSTERS[request.param][0])
+    return clusters
 
 
 @pytest.mark.timeout(900)  # a stage that waits for CPUs no node has stalls for ever
@@ -98,7 +140,7 @@ print(json.dumps({"nodes": info.nodes, "cpus": info.cpus, "module_file": module_
 @pytest.mark.timeout(600)
 def test_helpers_reach_the_second_node_through_runtime_env(ray_cluster):
     """A driver outside the project (as on a real cluster, where no node has the checkout)."""
-    result = subprocess.run([sys.executable, "-c", PROBE], cwd=ray_cluster, capture_output=True,
+    result = subprocess.run([sys.executable, "-c", PROBE], cwd=ray_cluster.elsewhere, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])
