@@ -31,19 +31,29 @@ RAY_START_TIMEOUT_S = 120
 
 @contextlib.contextmanager
 def local_ray_head(log_path: Path):
-    """Run ``ray start --head`` on 127.0.0.1 for the duration; yield its address.
+    """Run ``ray start --head`` on 127.0.0.1 for the duration, with ``RAY_ADDRESS`` and the
+    other variables of ``ray_head`` set; yield its address.
 
     With ``RAY_ADDRESS`` already set, yields that and starts nothing.
     """
     if os.environ.get("RAY_ADDRESS"):
         yield os.environ["RAY_ADDRESS"]
         return
-    # For the head and every kernel that joins it: token authentication, and 127.0.0.1 kept
-    # as the node IP so that all of Ray's ports listen on it alone.
-    with environment(RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "token"), **{LOOPBACK_ONLY_VARIABLE: "0"}):
-        if os.environ["RAY_AUTH_MODE"] == "token":
+    with ray_head(log_path) as variables, environment(**variables):
+        yield variables["RAY_ADDRESS"]
+
+
+@contextlib.contextmanager
+def ray_head(log_path: Path):
+    """Run ``ray start --head`` on 127.0.0.1 for the duration; yield the environment variables
+    that make a kernel join it: its address, token authentication, and 127.0.0.1 kept as
+    the node IP so that all of Ray's ports listen on it alone. The head inherits the rest of
+    this process's environment (``AWS_*`` for its workers, say)."""
+    variables = {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"), LOOPBACK_ONLY_VARIABLE: "0"}
+    port = free_port()
+    with environment(**variables):
+        if variables["RAY_AUTH_MODE"] == "token":
             ensure_auth_token()  # `ray start` needs one, and a new user has none
-        port = free_port()
         with open(log_path, "ab") as log:
             head = subprocess.Popen(
                 [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
@@ -51,16 +61,15 @@ def local_ray_head(log_path: Path):
                  "--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}", "--disable-usage-stats"],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
+    try:
+        wait_until_started(log_path, head)
+        yield {**variables, "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    finally:
+        head.terminate()  # `ray start --block` stops its processes on SIGTERM
         try:
-            wait_until_started(log_path, head)
-            with environment(RAY_ADDRESS=f"127.0.0.1:{port}"):
-                yield f"127.0.0.1:{port}"
-        finally:
-            head.terminate()  # `ray start --block` stops its processes on SIGTERM
-            try:
-                head.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
 
 
 def wait_until_started(log_path: Path, process: subprocess.Popen) -> None:

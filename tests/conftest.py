@@ -64,3 +64,19 @@ def s3_endpoint(moto_server) -> str:
 
     with environment(**moto_server):
         yield moto_server["AWS_ENDPOINT_URL"]
+
+
+@pytest.fixture(scope="session")
+def series_ray(moto_server, tmp_path_factory) -> dict[str, str]:
+    """One Ray head (the series' own kind) for every series the tests run, which would each
+    start and stop one (20 to 30 s here); its workers reach the moto server. Yields the
+    variables that make a series join it: ``with environment(**series_ray): ...``."""
+    import contextlib
+
+    from helpers import series
+    from helpers.cluster import environment
+
+    with contextlib.ExitStack() as stack:
+        with environment(**moto_server):  # what the head's workers inherit
+            variables = stack.enter_context(series.ray_head(tmp_path_factory.mktemp("series-ray") / "ray-head.log"))
+        yield variables

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from helpers import data, evaluation, inference, labels, models, sample, series, settings, storage
+from helpers.cluster import environment
 from helpers.data import UnreadableImage
 from helpers.storage import Location
 
@@ -408,11 +409,13 @@ def messy_bucket(messy, s3_endpoint) -> str:
 
 
 @pytest.fixture(scope="module")
-def series_output(messy_bucket, tmp_path_factory) -> SeriesOnS3:
+def series_output(messy_bucket, series_ray, tmp_path_factory) -> SeriesOnS3:
     """The four notebooks on the messy bucket, writing their outputs back into it."""
     local = tmp_path_factory.mktemp("messy-series")
     outputs = f"s3://{MESSY_BUCKET}/outputs"
-    series.execute_series(local, {"data_uri": messy_bucket, "output_dir": outputs, "batch_size": 8}, progress=False)
+    with environment(**series_ray):
+        series.execute_series(local, {"data_uri": messy_bucket, "output_dir": outputs, "batch_size": 8},
+                              progress=False)
     return SeriesOnS3(messy_bucket, Location.parse(outputs), local)
 
 

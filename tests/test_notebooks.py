@@ -12,17 +12,19 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers import series
+from helpers.cluster import environment
 
 LIMIT = 42
 NOISE = ("Traceback", "Warning", "WARNING", "DeprecationWarning", "FutureWarning", " E ", "ERROR")
 
 
 @pytest.fixture(scope="module")
-def executed(tmp_path_factory, sample_dir):
+def executed(tmp_path_factory, sample_dir, series_ray):
     """The series run once; ``TEST_OUTPUT_DIR`` keeps its outputs (CI uploads them)."""
     kept = os.environ.get("TEST_OUTPUT_DIR")
     output_dir = Path(kept).resolve() if kept else tmp_path_factory.mktemp("series")
-    seconds = series.execute_series(output_dir, {"limit": LIMIT}, progress=False)
+    with environment(**series_ray):
+        seconds = series.execute_series(output_dir, {"limit": LIMIT}, progress=False)
     return output_dir, seconds
 
 
@@ -110,7 +112,7 @@ def test_executed_notebooks_read_cleanly(executed):
                 assert not any(word in text for word in NOISE), (path.name, text[:500])
 
 
-def test_nbval_reproduces_the_deterministic_cells(executed):
+def test_nbval_reproduces_the_deterministic_cells(executed, series_ray):
     """nbval re-runs each executed notebook and compares the cells tagged nbval-check-output."""
     output_dir, _ = executed
     checked = [path for path in series.NOTEBOOKS if "nbval-check-output" in path.read_text()]
@@ -118,18 +120,19 @@ def test_nbval_reproduces_the_deterministic_cells(executed):
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
          *(str(output_dir / "notebooks" / path.name) for path in checked)],
-        capture_output=True, text=True, timeout=1800,
+        capture_output=True, text=True, timeout=1800, env={**os.environ, **series_ray},
     )
     assert result.returncode == 0, result.stdout[-4000:]
     assert " passed" in result.stdout
 
 
-def test_the_worked_solutions_run(executed, tmp_path):
+def test_the_worked_solutions_run(executed, series_ray, tmp_path):
     """The exercise solutions, on a copy of the series' outputs (04's needs 03's predictions)."""
     output_dir, _ = executed
     copy = tmp_path / "outputs"
     shutil.copytree(output_dir, copy, ignore=shutil.ignore_patterns("notebooks", "logs"))
-    series.execute_series(copy, {"limit": 24, "batch_size": 8}, notebooks=series.SOLUTIONS, progress=False)
+    with environment(**series_ray):
+        series.execute_series(copy, {"limit": 24, "batch_size": 8}, notebooks=series.SOLUTIONS, progress=False)
     for path in series.SOLUTIONS:
         notebook = nbformat.read(copy / "notebooks" / path.name, as_version=4)
         outputs = [output for cell in notebook.cells for output in cell.get("outputs", [])]
