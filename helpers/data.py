@@ -139,7 +139,23 @@ def read_image_files(listing: Listing, limit: int | None = None, num_cpus: float
     options = {"num_cpus": num_cpus} if num_cpus else {}
     if files_per_read:
         options["override_num_blocks"] = min(len(paths), max(math.ceil(len(paths) / files_per_read), min_reads))
-    return ray.data.read_binary_files(paths, filesystem=listing.filesystem, include_paths=True, **options)
+    return ray.data.read_datasource(_threaded_binary_files(paths, listing.filesystem), **options)
+
+
+READ_THREADS_PER_TASK = 8
+
+
+def _threaded_binary_files(paths: list[str], filesystem):
+    """``read_binary_files``'s datasource (with ``include_paths=True``), but each read task
+    reads its files on ``READ_THREADS_PER_TASK`` threads, in order, as Ray's own image
+    datasource does (``read_binary_files`` reads them one after another). From a bucket,
+    each file costs a request's latency (20 to 80 ms far away); on threads those overlap."""
+    from ray.data._internal.datasource.binary_datasource import BinaryDatasource
+
+    class ThreadedBinaryDatasource(BinaryDatasource):
+        _NUM_THREADS_PER_TASK = READ_THREADS_PER_TASK
+
+    return ThreadedBinaryDatasource(paths, include_paths=True, filesystem=filesystem)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -34,27 +34,10 @@ def sample_dir():
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory) -> dict[str, str]:
     """A moto S3 server on 127.0.0.1 for the whole session; yields the AWS variables for it."""
-    import socket
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
+    from helpers import local_s3
 
-    from helpers import series
-
-    port = series.free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
-    server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-        assert time.monotonic() < deadline and server.poll() is None, "moto_server did not start"
-        time.sleep(0.2)
-    yield {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    server.terminate()
-    server.wait(timeout=30)
-    log.close()
+    with local_s3.moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as variables:
+        yield variables
 
 
 @pytest.fixture(scope="module")

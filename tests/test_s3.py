@@ -2,8 +2,11 @@
 
 The whole series on a bucket, in and out, runs in test_messy_data.py, on the messy folder.
 """
+import os
+import posixpath
 import time
 
+import numpy as np
 import pytest
 
 from helpers import data, series, settings
@@ -60,3 +63,33 @@ def test_an_unreachable_endpoint_fails_within_a_minute(s3_endpoint, monkeypatch)
 
 def test_settings_accept_s3_uris_without_touching_the_network():
     assert settings.resolve(data_uri="s3://anonymous@air-example-data-2/imagenette2/train/").data_uri.startswith("s3://")
+
+
+@pytest.mark.timeout(600)
+def test_a_bucket_30_ms_away_gives_every_image_once_with_the_same_predictions(bucket, sample_dir, tmp_path):
+    """The pipeline reads through a proxy that delays every request by 30 ms."""
+    from urllib.parse import urlparse
+
+    from helpers import cluster, inference, labels, models, storage
+    from helpers.cluster import environment
+    from helpers.local_s3 import LatencyProxy
+
+    moto = urlparse(os.environ["AWS_ENDPOINT_URL"])
+    with LatencyProxy(moto.hostname, moto.port, delay_s=0.030) as proxy, environment(AWS_ENDPOINT_URL=proxy.url):
+        cfg = settings.resolve(data_uri=bucket, output_dir=str(tmp_path), limit=24, batch_size=8)
+        listing = data.list_files(cfg.data_uri)
+        plan = inference.plan_actors(cluster.start_or_join(), None)
+        try:
+            summary = inference.run_batch_inference(inference.build_pipeline(listing, cfg, plan), listing, cfg, plan)
+        finally:
+            cluster.stop()
+    frame = storage.read_parquet([cfg.output_dir / name for name in summary.files])
+    chosen = data.select_images(listing.images, listing.root, 24)
+    assert sorted(frame["path"]) == sorted(chosen) and summary.num_images == 24 and (frame["error"] == "").all()
+
+    local = [sample_dir / posixpath.relpath(path, listing.root) for path in frame["path"]]
+    spec = models.preprocessing(cfg.model_name)
+    pixels = np.stack([spec.resize_and_crop(data.decode_image(path.read_bytes(), at_least=spec.resize_size))
+                       for path in local])
+    _, indices = inference.Predictor(cfg.model_name).top_k(pixels)
+    assert list(frame["top1_wnid"]) == [labels.index_to_wnid(int(i)) for i in indices[:, 0]]
