@@ -1,21 +1,24 @@
-"""Throughput benchmark: the model alone, a bare PyTorch loop, and the Ray Data pipeline.
+"""Throughput benchmark: the model alone, a bare PyTorch loop, a PyTorch DataLoader loop, and
+the Ray Data pipeline.
 
-All three use the same images, the same model and the same decode/preprocess functions
+All use the same images, the same model and the same decode/preprocess functions
 as notebook 03, in one invocation, so the ratios say what the pipeline's parallelism
 (actors on every core, reading and writing beside them) is worth on this machine:
 
     python bench/benchmark.py --output outputs/benchmark.json   # or: make bench
 
-Prints a table and writes JSON: images/s for each (the bare loop and the pipeline at the
-chosen batch size as the median of ``--repeats`` runs, all runs listed), the ratio
-pipeline/bare, peak memory (this process and every process it started, Ray's workers
-included), and the pipeline's images/s across batch sizes.
+Prints a table and writes JSON: images/s for each (the loops and the pipeline at the
+chosen batch size as the median of ``--repeats`` runs, all runs listed), the ratios
+pipeline/bare and pipeline/DataLoader, peak memory (this process and every process it started, Ray's workers
+included), the pipeline's images/s across batch sizes, and the pipeline's images/s from a
+bucket on moto's S3 server on 127.0.0.1, without and with a delay per request
+(``--s3-delay-ms``, 30 by default: a bucket in another region).
 
-The bare loop and the pipeline take turns (bare, pipeline, bare, pipeline, ...) and the
-ratio is the median of each pair's ratio: a shared machine whose speed drifts during the
-benchmark then slows both sides of a pair alike instead of favouring whichever ran in
-the fast minutes. Every timed run starts once the machine is quiet; Ray is up, idle,
-during the bare loops.
+The loops and the pipeline take turns (bare, pipeline, DataLoader, bare, ...) and each
+ratio is the median of the ratios of runs taken side by side: a shared machine whose
+speed drifts during the benchmark then slows both sides of a pair alike instead of
+favouring whichever ran in the fast minutes. Every timed run starts once the machine is
+quiet; Ray is up, idle, during the loops.
 """
 from __future__ import annotations
 
@@ -24,17 +27,20 @@ import json
 import multiprocessing
 import os
 import platform
+import posixpath
 import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
 import psutil
 import torch
 
-from helpers import cluster, data, inference, settings
+from helpers import cluster, data, inference, local_s3, settings
+from helpers.cluster import environment
 from helpers.storage import Location
 
 
@@ -121,6 +127,70 @@ def bare_loop(predictor: inference.Predictor, listing: data.Listing, paths: list
     return len(paths) / (time.perf_counter() - started)
 
 
+class PreprocessedImages(torch.utils.data.Dataset):
+    """The images of ``paths``, read, decoded and preprocessed as notebook 03 does (uint8)."""
+
+    def __init__(self, listing: data.Listing, paths: list[str], spec):
+        self.listing, self.paths, self.spec = listing, paths, spec
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        image = data.decode_image(read_bytes(self.listing, self.paths[index]), at_least=self.spec.resize_size)
+        return torch.from_numpy(np.ascontiguousarray(self.spec.resize_and_crop(image)))
+
+
+def dataloader_loop(predictor: inference.Predictor, listing: data.Listing, paths: list[str], batch_size: int,
+                    workers: int) -> float:
+    """Steady images/s of the single-machine loop an expert would write: a ``DataLoader``
+    whose ``workers`` processes read, decode and preprocess while this process runs the
+    model (the same ``Predictor``: frozen graph, channels_last, all cores' threads). Timed
+    from the first batch, as the pipeline's steady state is (worker start-up left out)."""
+    loader = torch.utils.data.DataLoader(PreprocessedImages(listing, paths, predictor.preprocessing),
+                                         batch_size=batch_size, num_workers=workers,
+                                         multiprocessing_context="spawn", prefetch_factor=4)
+    batches = iter(loader)
+    predictor.top_k(next(batches).numpy())
+    started = time.perf_counter()
+    for batch in batches:
+        predictor.top_k(batch.numpy())
+    return (len(paths) - batch_size) / (time.perf_counter() - started)
+
+
+def from_a_bucket(listing: data.Listing, paths: list[str], args: argparse.Namespace) -> dict:
+    """Steady images/s of the pipeline reading ``paths`` from a bucket on moto's S3 server on
+    127.0.0.1 through a proxy, without delay and with ``--s3-delay-ms`` per request, on a
+    Ray started for it (its workers get the server's test credentials)."""
+    import boto3
+
+    moto_log = Path(tempfile.mkdtemp()) / "moto.log"
+    with local_s3.moto_server(moto_log) as variables, environment(**variables), \
+            tempfile.TemporaryDirectory() as output_dir:
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="bench")
+        for path in paths:
+            client.put_object(Bucket="bench", Key=f"images/{posixpath.relpath(path, listing.root)}",
+                              Body=read_bytes(listing, path))
+        plan = inference.plan_actors(cluster.start_or_join(), None)
+        moto = urlparse(variables["AWS_ENDPOINT_URL"])
+        rates = {}
+        try:
+            for delay_ms in (0, args.s3_delay_ms):
+                with local_s3.LatencyProxy(moto.hostname, moto.port, delay_ms / 1000) as proxy, \
+                        environment(AWS_ENDPOINT_URL=proxy.url):
+                    bucket = data.list_files("s3://bench/images")
+                    cfg = settings.resolve("s3://bench/images", args.model_name, output_dir, None, args.batch_size, None)
+                    settle()
+                    sweep = inference.batch_size_sweep(bucket, cfg, plan, (args.batch_size,), images=len(paths))
+                    rates[delay_ms] = float(sweep["images_per_second"].iloc[0])
+        finally:
+            cluster.stop()
+    return {"delay_ms": args.s3_delay_ms, "no_delay_images_per_second": round(rates[0], 2),
+            "delayed_images_per_second": round(rates[args.s3_delay_ms], 2),
+            "delayed_over_no_delay": round(rates[args.s3_delay_ms] / rates[0], 3)}
+
+
 def run(args: argparse.Namespace) -> dict:
     listing = data.list_files(args.data_uri)
     paths = data.select_images(listing.images, listing.root, args.limit)
@@ -154,13 +224,18 @@ def run(args: argparse.Namespace) -> dict:
                 settle()
                 return inference.batch_size_sweep(listing, cfg, plan, batch_sizes, images=len(paths))
 
-            bare, turns = [], []
+            bare, turns, loader = [], [], []
             for _ in range(args.repeats):
                 settle()
                 bare.append(round(bare_loop(predictor, listing, paths, args.batch_size), 2))
                 turns.append(pipeline((args.batch_size,)))
+                settle()
+                loader.append(round(dataloader_loop(predictor, listing, paths, args.batch_size,
+                                                    args.loader_workers), 2))
             others = pipeline(tuple(sorted(set(args.sweep) - {args.batch_size})))
         cluster.stop()
+        if args.s3_delay_ms:
+            results["s3"] = from_a_bucket(listing, paths, args)
     chosen = pd.concat(turns, ignore_index=True)
     results["plan"] = {"actors": plan.num_actors, "threads_per_actor": plan.threads,
                        "cpus_per_actor": plan.num_cpus, "decodes_in_actors": plan.decodes_in_actors}
@@ -171,6 +246,11 @@ def run(args: argparse.Namespace) -> dict:
     results["pipeline_stage_seconds"] = float(chosen["seconds"].median())
     results["pipeline_over_bare_runs"] = [round(p / b, 3) for p, b in zip(results["pipeline_runs"], bare)]
     results["pipeline_over_bare"] = float(np.median(results["pipeline_over_bare_runs"]))
+    results["dataloader_workers"] = args.loader_workers
+    results["dataloader_images_per_second"] = float(np.median(loader))
+    results["dataloader_runs"] = loader
+    results["pipeline_over_dataloader_runs"] = [round(p / d, 3) for p, d in zip(results["pipeline_runs"], loader)]
+    results["pipeline_over_dataloader"] = float(np.median(results["pipeline_over_dataloader_runs"]))
     sweep = pd.concat([chosen, others], ignore_index=True)
     medians = sweep.groupby("batch_size")["images_per_second"].median()
     results["pipeline_batch_size_sweep"] = {str(size): float(rate) for size, rate in medians.items()}
@@ -182,6 +262,7 @@ def table(results: dict) -> str:
     rows = [
         ("model only (ready tensors)", results["model_only_images_per_second"]),
         ("bare PyTorch loop", results["bare_loop_images_per_second"]),
+        (f"DataLoader, {results['dataloader_workers']} worker(s)", results["dataloader_images_per_second"]),
         ("Ray Data pipeline (steady)", results["pipeline_images_per_second"]),
     ]
     lines = [f"{results['model_name']}, {results['images']} images, batch size {results['batch_size']}",
@@ -189,10 +270,17 @@ def table(results: dict) -> str:
     lines += [f"{name:<28} {value:>9.1f}" for name, value in rows]
     lines.append(f"medians of {len(results['pipeline_runs'])} runs taking turns: bare {results['bare_loop_runs']}, "
                  f"pipeline {results['pipeline_runs']}; pipeline plan {results['plan']}")
+    lines.append(f"pipeline / DataLoader: {results['pipeline_over_dataloader']:.2f} "
+                 f"(median of {results['pipeline_over_dataloader_runs']}; DataLoader {results['dataloader_runs']})")
     lines.append(f"pipeline / bare loop: {results['pipeline_over_bare']:.2f} (median of {results['pipeline_over_bare_runs']}); "
                  f"peak memory {results['peak_memory_gib']:.2f} GiB; Ray start {results['ray_start_seconds']:.1f} s")
     lines.append("batch size sweep (pipeline images/s): " + ", ".join(
         f"{size}: {value:.1f}" for size, value in results["pipeline_batch_size_sweep"].items()))
+    if "s3" in results:
+        s3 = results["s3"]
+        lines.append(f"from a bucket (moto on 127.0.0.1): {s3['no_delay_images_per_second']:.1f} images/s, "
+                     f"{s3['delayed_images_per_second']:.1f} with {s3['delay_ms']} ms per request: "
+                     f"{s3['delayed_over_no_delay']:.2f} of it")
     return "\n".join(lines)
 
 
@@ -205,6 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", type=lambda text: [int(v) for v in text.split(",")], default=[8, 16, 64])
     parser.add_argument("--repeats", type=int, default=3,
                         help="runs of the bare loop and of the pipeline at --batch-size, taking turns; medians are reported")
+    parser.add_argument("--loader-workers", type=int, default=1,
+                        help="DataLoader worker processes beside the model (which uses every core's threads)")
+    parser.add_argument("--s3-delay-ms", type=int, default=30,
+                        help="also run the pipeline from a bucket on 127.0.0.1, with and without this delay "
+                             "per request (0: skip)")
     parser.add_argument("--output", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")

@@ -12,7 +12,7 @@ def test_a_small_benchmark_writes_every_number(tmp_path):
     output = tmp_path / "benchmark.json"
     result = subprocess.run(
         [sys.executable, str(PROJECT_ROOT / "bench" / "benchmark.py"), "--limit", "48", "--batch-size", "8",
-         "--sweep", "16", "--repeats", "2", "--output", str(output)],
+         "--sweep", "8", "--repeats", "2", "--output", str(output)],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -27,4 +27,11 @@ def test_a_small_benchmark_writes_every_number(tmp_path):
     pairs = [round(p / b, 3) for p, b in zip(results["pipeline_runs"], results["bare_loop_runs"])]
     assert results["pipeline_over_bare_runs"] == pairs
     assert results["pipeline_over_bare"] == pytest.approx(sum(pairs) / 2)
-    assert set(results["pipeline_batch_size_sweep"]) == {"8", "16"}
+    assert set(results["pipeline_batch_size_sweep"]) == {"8"}
+    assert len(results["dataloader_runs"]) == 2 and results["dataloader_images_per_second"] > 0
+    pairs = [round(p / d, 3) for p, d in zip(results["pipeline_runs"], results["dataloader_runs"])]
+    assert results["pipeline_over_dataloader_runs"] == pairs and "pipeline / DataLoader" in result.stdout
+    s3 = results["s3"]
+    assert s3["delay_ms"] == 30 and s3["no_delay_images_per_second"] > 0 and s3["delayed_images_per_second"] > 0
+    assert s3["delayed_over_no_delay"] == pytest.approx(s3["delayed_images_per_second"] / s3["no_delay_images_per_second"], abs=0.01)
+    assert "with 30 ms per request" in result.stdout
