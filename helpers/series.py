@@ -44,11 +44,12 @@ def local_ray_head(log_path: Path):
 
 
 @contextlib.contextmanager
-def ray_head(log_path: Path):
+def ray_head(log_path: Path, stop_timeout_s: float = 60):
     """Run ``ray start --head`` on 127.0.0.1 for the duration; yield the environment variables
     that make a kernel join it: its address, token authentication, and 127.0.0.1 kept as
     the node IP so that all of Ray's ports listen on it alone. The head inherits the rest of
-    this process's environment (``AWS_*`` for its workers, say)."""
+    this process's environment (``AWS_*`` for its workers, say). At the end the head gets
+    ``stop_timeout_s`` to stop its processes, then they are killed."""
     variables = {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"), LOOPBACK_ONLY_VARIABLE: "0"}
     port = free_port()
     with environment(**variables):
@@ -67,7 +68,7 @@ def ray_head(log_path: Path):
     finally:
         head.terminate()  # `ray start --block` stops its processes on SIGTERM
         try:
-            head.wait(timeout=60)
+            head.wait(timeout=stop_timeout_s)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
 

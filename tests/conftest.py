@@ -61,5 +61,6 @@ def series_ray(moto_server, tmp_path_factory) -> dict[str, str]:
 
     with contextlib.ExitStack() as stack:
         with environment(**moto_server):  # what the head's workers inherit
-            variables = stack.enter_context(series.ray_head(tmp_path_factory.mktemp("series-ray") / "ray-head.log"))
+            log = tmp_path_factory.mktemp("series-ray") / "ray-head.log"
+            variables = stack.enter_context(series.ray_head(log, stop_timeout_s=5))  # then killed: nothing to keep
         yield variables

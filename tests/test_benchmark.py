@@ -11,14 +11,14 @@ from helpers import PROJECT_ROOT
 def test_a_small_benchmark_writes_every_number(tmp_path):
     output = tmp_path / "benchmark.json"
     result = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "bench" / "benchmark.py"), "--limit", "48", "--batch-size", "8",
+        [sys.executable, str(PROJECT_ROOT / "bench" / "benchmark.py"), "--limit", "32", "--batch-size", "8",
          "--sweep", "8", "--repeats", "2", "--output", str(output)],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "pipeline / bare loop" in result.stdout
     results = json.loads(output.read_text())
-    assert results["images"] == 48 and results["batch_size"] == 8
+    assert results["images"] == 32 and results["batch_size"] == 8
     assert len(results["bare_loop_runs"]) == len(results["pipeline_runs"]) == 2
     for name in ("model_only_images_per_second", "bare_loop_images_per_second", "pipeline_images_per_second",
                  "peak_memory_gib", "ray_start_seconds"):

@@ -276,7 +276,7 @@ def test_single_threaded_cpu_actors_decode_their_own_images(ray_here, sample_dir
     inference.build_pipeline(data.list_files("sample"), cfg, plan).explain()
     physical = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
     assert ("Map(decode_and_preprocess)->MapBatches(FastClassifier)" in physical) == fused, physical
-    assert "ReadBinary" in physical and "MapBatches(FastClassifier)" in physical
+    assert "ReadThreadedBinary" in physical and "MapBatches(FastClassifier)" in physical
 
 
 def test_measure_levers_times_each_speed_up_on_the_same_batch():
