@@ -522,12 +522,11 @@ def test_executed_notebooks_hold_no_errors(series_output):
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(series_output, series_ray):
-    """This process joins the series' Ray (its workers reach the bucket)."""
+def ray_cluster(series_output):
+    """Ray in this process, only once the notebooks (each with its own Ray) are done."""
     from helpers import cluster
 
-    with environment(**series_ray):
-        info = cluster.start_or_join()
+    info = cluster.start_or_join()
     yield info
     cluster.stop()
 

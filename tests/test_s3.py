@@ -66,10 +66,8 @@ def test_settings_accept_s3_uris_without_touching_the_network():
 
 
 @pytest.mark.timeout(600)
-def test_a_bucket_30_ms_away_gives_every_image_once_with_the_same_predictions(bucket, sample_dir, series_ray,
-                                                                            tmp_path):
-    """The pipeline reads through a proxy that delays every request by 30 ms, on the series'
-    Ray (its workers have moto's credentials; the proxy's address travels in the filesystem)."""
+def test_a_bucket_30_ms_away_gives_every_image_once_with_the_same_predictions(bucket, sample_dir, tmp_path):
+    """The pipeline reads through a proxy that delays every request by 30 ms."""
     from urllib.parse import urlparse
 
     from helpers import cluster, inference, labels, models, storage
@@ -80,8 +78,7 @@ def test_a_bucket_30_ms_away_gives_every_image_once_with_the_same_predictions(bu
     with LatencyProxy(moto.hostname, moto.port, delay_s=0.030) as proxy, environment(AWS_ENDPOINT_URL=proxy.url):
         cfg = settings.resolve(data_uri=bucket, output_dir=str(tmp_path), limit=24, batch_size=8)
         listing = data.list_files(cfg.data_uri)
-        with environment(**series_ray):
-            plan = inference.plan_actors(cluster.start_or_join(), None)
+        plan = inference.plan_actors(cluster.start_or_join(), None)
         try:
             summary = inference.run_batch_inference(inference.build_pipeline(listing, cfg, plan), listing, cfg, plan)
         finally:
