@@ -164,9 +164,8 @@ def from_a_bucket(listing: data.Listing, paths: list[str], args: argparse.Namesp
     Ray started for it (its workers get the server's test credentials)."""
     import boto3
 
-    moto_log = Path(tempfile.mkdtemp()) / "moto.log"
-    with local_s3.moto_server(moto_log) as variables, environment(**variables), \
-            tempfile.TemporaryDirectory() as output_dir:
+    with tempfile.TemporaryDirectory() as output_dir, \
+            local_s3.moto_server(Path(output_dir) / "moto.log") as variables, environment(**variables):
         client = boto3.client("s3")
         client.create_bucket(Bucket="bench")
         for path in paths:

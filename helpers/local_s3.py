@@ -30,7 +30,7 @@ def moto_server(log_path: Path, timeout_s: float = 60):
                                   stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + timeout_s
-        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+        while not _listens(port):
             if time.monotonic() > deadline or server.poll() is not None:
                 raise RuntimeError(f"moto_server did not start: see {log_path}")
             time.sleep(0.2)
@@ -39,6 +39,11 @@ def moto_server(log_path: Path, timeout_s: float = 60):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _listens(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 class _Handler(socketserver.BaseRequestHandler):

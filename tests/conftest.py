@@ -32,6 +32,24 @@ def sample_dir():
 
 
 @pytest.fixture(scope="session")
+def local_top1():
+    """The top-1 WordNet ids the model gives local image files, preprocessed as notebook 3 does:
+    ``local_top1(paths, model_name)``; what a pipeline's predictions are checked against."""
+    import numpy as np
+
+    from helpers import data, inference, labels, models
+
+    def top1(paths, model_name: str) -> list[str]:
+        spec = models.preprocessing(model_name)
+        pixels = np.stack([spec.resize_and_crop(data.decode_image(path.read_bytes(), at_least=spec.resize_size))
+                           for path in paths])
+        _, indices = inference.Predictor(model_name).top_k(pixels)
+        return [labels.index_to_wnid(int(index)) for index in indices[:, 0]]
+
+    return top1
+
+
+@pytest.fixture(scope="session")
 def moto_server(tmp_path_factory) -> dict[str, str]:
     """A moto S3 server on 127.0.0.1 for the whole session; yields the AWS variables for it."""
     from helpers import local_s3

@@ -24,7 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import data, evaluation, inference, labels, models, sample, series, settings, storage
+from helpers import data, evaluation, inference, sample, series, settings, storage
 from helpers.cluster import environment
 from helpers.data import UnreadableImage
 from helpers.storage import Location
@@ -480,20 +480,15 @@ def test_series_classifies_every_readable_image_and_reports_the_rest(messy, seri
     assert per_class.loc["my_holiday", "images"] == 2
 
 
-def test_photographs_from_the_bucket_get_the_predictions_of_the_local_files(messy, series_output):
+def test_photographs_from_the_bucket_get_the_predictions_of_the_local_files(messy, series_output, local_top1):
     """The real photographs (no near ties), classified here from the local copies."""
     out = series_output.outputs
     manifest = storage.read_json(out / "predictions.json")
     frame = storage.read_parquet([out / f for f in manifest["files"]])
     root = data.list_files(series_output.data_uri).root
     from_bucket = dict(zip((_relative(p, root) for p in frame["path"]), frame["top1_wnid"]))
-    photos = messy.photographs
-    preprocessing = models.preprocessing(manifest["model_name"])
-    pixels = np.stack([preprocessing.resize_and_crop(data.decode_image((messy.root / relative).read_bytes(),
-                                                                       at_least=preprocessing.resize_size))
-                       for relative in photos])
-    _, indices = inference.Predictor(manifest["model_name"]).top_k(pixels)
-    assert [from_bucket[relative] for relative in photos] == [labels.index_to_wnid(int(i)) for i in indices[:, 0]]
+    local = [messy.root / relative for relative in messy.photographs]
+    assert [from_bucket[relative] for relative in messy.photographs] == local_top1(local, manifest["model_name"])
 
 
 def test_only_the_notebooks_and_logs_stay_local(series_output):

@@ -6,7 +6,6 @@ import os
 import posixpath
 import time
 
-import numpy as np
 import pytest
 
 from helpers import data, series, settings
@@ -66,11 +65,12 @@ def test_settings_accept_s3_uris_without_touching_the_network():
 
 
 @pytest.mark.timeout(600)
-def test_a_bucket_30_ms_away_gives_every_image_once_with_the_same_predictions(bucket, sample_dir, tmp_path):
+def test_a_bucket_30_ms_away_gives_every_image_once_with_the_same_predictions(bucket, sample_dir, local_top1,
+                                                                            tmp_path):
     """The pipeline reads through a proxy that delays every request by 30 ms."""
     from urllib.parse import urlparse
 
-    from helpers import cluster, inference, labels, models, storage
+    from helpers import cluster, inference, storage
     from helpers.cluster import environment
     from helpers.local_s3 import LatencyProxy
 
@@ -88,8 +88,4 @@ def test_a_bucket_30_ms_away_gives_every_image_once_with_the_same_predictions(bu
     assert sorted(frame["path"]) == sorted(chosen) and summary.num_images == 24 and (frame["error"] == "").all()
 
     local = [sample_dir / posixpath.relpath(path, listing.root) for path in frame["path"]]
-    spec = models.preprocessing(cfg.model_name)
-    pixels = np.stack([spec.resize_and_crop(data.decode_image(path.read_bytes(), at_least=spec.resize_size))
-                       for path in local])
-    _, indices = inference.Predictor(cfg.model_name).top_k(pixels)
-    assert list(frame["top1_wnid"]) == [labels.index_to_wnid(int(i)) for i in indices[:, 0]]
+    assert list(frame["top1_wnid"]) == local_top1(local, cfg.model_name)
