@@ -126,16 +126,17 @@ def decodable_images(listing: Listing, count: int) -> list[str]:
 
 
 def read_image_files(listing: Listing, limit: int | None = None, num_cpus: float | None = None,
-                     files_per_read: int | None = None, min_reads: int = 1):
+                     files_per_read: int | None = None, min_reads: int = 1,
+                     leave_out: frozenset[str] = frozenset()):
     """A lazy Ray Dataset of raw ``bytes`` and ``path``, one row per image file.
 
     ``files_per_read`` sets about how many files each read task (and so each block) holds,
     in at least ``min_reads`` tasks (one per consumer, so that none idles); Ray picks
-    otherwise.
+    otherwise. Paths in ``leave_out`` (classified already) are not read.
     """
     import ray.data
 
-    paths = select_images(listing.images, listing.root, limit)
+    paths = [path for path in select_images(listing.images, listing.root, limit) if path not in leave_out]
     options = {"num_cpus": num_cpus} if num_cpus else {}
     if files_per_read:
         options["override_num_blocks"] = min(len(paths), max(math.ceil(len(paths) / files_per_read), min_reads))

@@ -1,6 +1,7 @@
 """Batch inference, as notebook 03 teaches it: the per-row preprocessing, the fast
 classifier, the actor plan, what each speed-up is worth, and runs that replace the last
-complete one only once they are complete. Scripts, tests and the benchmark use the same.
+complete one only once they are complete, and resume where a killed run stopped. Scripts,
+tests and the benchmark use the same.
 """
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ import torch
 
 from helpers import labels, models
 from helpers.cluster import ClusterInfo, native_stderr_to, releasing_actors
-from helpers.data import Listing, UnreadableImage, class_folder, decode_image, read_image_files
+from helpers.data import Listing, UnreadableImage, class_folder, decode_image, read_image_files, select_images
 from helpers.settings import Settings, SettingsError
-from helpers.storage import Location, read_parquet, write_csv, write_json
+from helpers.storage import Location, read_json, read_parquet, write_csv, write_json
 
 PIXELS = "pixels"
 TOP_K = 5
@@ -33,6 +34,7 @@ TASK_CPUS = 0.5  # reserved by each decode task, and by reads and writes beside 
 LARGE_NODE_THREADS = 4  # threads per CPU actor where some node has more CPUs than this
 RESOURCE_UNITS_PER_CPU = 10_000  # Ray's resolution: shares are rounded down to it
 FILES_PER_READ = 64  # at least; a whole number of batches, so that no batch is a runt
+RUN_RECORD = "run.json"  # in each run's folder: the settings it classifies with
 
 
 def decode_and_preprocess(row: dict, preprocessing: models.Preprocessing, root: str) -> dict:
@@ -259,10 +261,24 @@ def _in_resource_units(cpus: float) -> float:
 
 def read_for_plan(listing: Listing, settings: Settings, plan: ActorPlan):
     """Notebook 01's read of the images' bytes, in read tasks sized for the actor plan:
-    each holds a whole number of batches (no runt batches), at least one task per actor."""
+    each holds a whole number of batches (no runt batches), at least one task per actor.
+
+    Where a run with the same settings was killed, only the images it had not classified
+    are read (``new_run`` then writes into its folder); it says so.
+    """
+    killed = killed_run(settings)
+    if killed and not set(select_images(listing.images, listing.root, settings.limit)) - killed.classified:
+        print(f"The killed run {killed.location.name} had classified every image but never "
+              "completed: starting over.")
+        killed.location.delete()
+        killed = None
+    if killed:
+        print(f"Resuming the killed run {killed.location.name}: {len(killed.classified)} images "
+              "are classified already; reading the others.")
     batches_per_read = math.ceil(FILES_PER_READ / settings.batch_size)
     return read_image_files(listing, settings.limit, num_cpus=plan.task_cpus,
-                            files_per_read=batches_per_read * settings.batch_size, min_reads=plan.num_actors)
+                            files_per_read=batches_per_read * settings.batch_size, min_reads=plan.num_actors,
+                            leave_out=killed.classified if killed else frozenset())
 
 
 def build_pipeline(listing: Listing, settings: Settings, plan: ActorPlan):
@@ -295,10 +311,11 @@ class RunSummary:
     num_rows: int  # image files read: classified plus unreadable
     num_images: int  # images classified
     num_skipped: int  # unreadable images plus files that were never images
+    resumed_rows: int  # rows a killed run had written before this run resumed it (0: a fresh run)
     seconds: float  # the whole stage: start-up, model loading, reading, inference, writing
     images_per_second: float | None  # steady state: once every actor has finished a batch, to
     # the last (None where the classifier records no ``predicted_at`` and ``actor``)
-    overall_images_per_second: float  # images classified / seconds of the whole stage
+    overall_images_per_second: float  # images this run classified / seconds of the whole stage
     model_name: str
     data_uri: str
     limit: int | None
@@ -334,10 +351,12 @@ def skipped_files(listing: Listing, predictions: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass
 class Run:
-    """One run's fresh folder, where ``write_parquet`` puts its files; ``summary`` once the
-    run is complete and ``predictions.json`` names it."""
+    """One run's folder, where ``write_parquet`` puts its files (fresh, or a killed run's with
+    the ``resumed`` paths it had classified); ``summary`` once the run is complete and
+    ``predictions.json`` names it."""
 
     location: Location
+    resumed: frozenset[str] = frozenset()
     summary: RunSummary | None = None
 
     @property
@@ -350,21 +369,66 @@ class Run:
         return self.location.filesystem
 
 
+@dataclass(frozen=True)
+class KilledRun:
+    """A run that never completed and was never cleaned up (its driver was killed)."""
+
+    location: Location
+    classified: frozenset[str]  # the paths in its complete Parquet files
+
+
+def _run_record(settings: Settings) -> dict:
+    """What a run classifies: a killed run is resumed only with the same."""
+    return {"data_uri": settings.data_uri, "model_name": settings.model_name, "limit": settings.limit}
+
+
+def killed_run(settings: Settings) -> KilledRun | None:
+    """The newest run folder with these settings that ``predictions.json`` does not name.
+
+    Only a killed run leaves one: a complete run replaces the others, a failed run deletes
+    its own. Its Parquet files are the checkpoint: each holds whole rows once it is
+    complete; a file cut off mid-write (no Parquet footer) is deleted, and its images are
+    classified again.
+    """
+    manifest = settings.predictions_manifest
+    current = read_json(manifest)["run_id"] if manifest.exists() else None
+    folders = [folder for folder in settings.predictions_dir.children()
+               if folder.name != current and (folder / RUN_RECORD).exists()]
+    for folder in sorted(folders, key=lambda folder: folder.name, reverse=True):
+        if read_json(folder / RUN_RECORD) != _run_record(settings):
+            continue
+        classified = set()
+        for file in (child for child in folder.children() if child.name.endswith(".parquet")):
+            try:
+                classified.update(read_parquet(file, columns=["path"])["path"])
+            except (OSError, ValueError):  # pyarrow's ArrowInvalid is a ValueError
+                file.delete()
+        return KilledRun(folder, frozenset(classified))
+    return None
+
+
 @contextlib.contextmanager
 def new_run(settings: Settings, listing: Listing, plan: ActorPlan) -> Iterator[Run]:
-    """Around the ``write_parquet`` of notebook 03: write into a fresh folder, and replace the
-    last complete run only once this one is complete.
+    """Around the ``write_parquet`` of notebook 03: write into a fresh folder (or the folder of
+    a killed run with the same settings, whose images ``read_for_plan`` left out), and
+    replace the last complete run only once this one is complete.
 
-    On success ``skipped.csv`` is written beside the Parquet files, then ``predictions.json``
-    (replaced in one step) names the run, and older runs are deleted; so an interrupted run
-    leaves the previous predictions readable, locally and in a bucket (an S3 object appears
-    only once completely uploaded). On failure the half-written folder is deleted, the
-    failed run's actors are ended before the error reaches you (a retry then finds its
-    CPUs free), and the error propagates as it was raised, with a note added.
+    The folder's ``run.json`` records the settings first. On success ``skipped.csv`` is
+    written beside the Parquet files, then ``predictions.json`` (replaced in one step) names
+    the run, and older runs are deleted; so an interrupted run leaves the previous
+    predictions readable, locally and in a bucket (an S3 object appears only once
+    completely uploaded). On failure the half-written folder is deleted, the failed run's
+    actors are ended before the error reaches you (a retry then finds its CPUs free), and
+    the error propagates as it was raised, with a note added. A killed run cleans up
+    nothing: the next run with its settings resumes it.
     """
     models.fetch_weights(settings.model_name)  # fail fast on the driver, not in every actor
-    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    run = Run(settings.predictions_dir / run_id)
+    killed = killed_run(settings)
+    if killed:
+        run = Run(killed.location, resumed=killed.classified)
+    else:
+        run = Run(settings.predictions_dir / (time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]))
+        write_json(run.location / RUN_RECORD, _run_record(settings))
     started = time.perf_counter()
     try:
         with releasing_actors(), native_stderr_to(settings.logs_dir / "ray-core.log"):
@@ -384,13 +448,15 @@ def _complete(run: Run, listing: Listing, settings: Settings, plan: ActorPlan, s
     skipped = skipped_files(listing, written)
     write_csv(run.location / "skipped.csv", skipped, index=False)
     timed = {"predicted_at", "actor"} <= set(written.columns)
+    this_run = written[~written["path"].isin(run.resumed)]
     num_images = int((written["error"] == "").sum())
     summary = RunSummary(
         run_id=run.location.name, files=[file.relative_to(settings.output_dir) for file in files],
         skipped_file=(run.location / "skipped.csv").relative_to(settings.output_dir),
-        num_rows=len(written), num_images=num_images, num_skipped=len(skipped), seconds=round(seconds, 3),
-        images_per_second=round(steady_images_per_second(written), 2) if timed else None,
-        overall_images_per_second=round(num_images / seconds, 2),
+        num_rows=len(written), num_images=num_images, num_skipped=len(skipped),
+        resumed_rows=len(written) - len(this_run), seconds=round(seconds, 3),
+        images_per_second=round(steady_images_per_second(this_run), 2) if timed else None,
+        overall_images_per_second=round(int((this_run["error"] == "").sum()) / seconds, 2),
         model_name=settings.model_name, data_uri=settings.data_uri, limit=settings.limit,
         batch_size=settings.batch_size, num_actors=plan.num_actors, threads_per_actor=plan.threads,
     )

@@ -82,3 +82,22 @@ def series_ray(moto_server, tmp_path_factory) -> dict[str, str]:
             log = tmp_path_factory.mktemp("series-ray") / "ray-head.log"
             variables = stack.enter_context(series.ray_head(log, stop_timeout_s=5))  # then killed: nothing to keep
         yield variables
+
+
+SERIES_LIMIT = 42  # images in the main series run of the tests
+
+
+@pytest.fixture(scope="session")
+def executed(tmp_path_factory, sample_dir, series_ray):
+    """The series run once on the sample; ``TEST_OUTPUT_DIR`` keeps its outputs (CI uploads
+    them). Yields the output folder and the seconds of each step."""
+    from pathlib import Path
+
+    from helpers import series
+    from helpers.cluster import environment
+
+    kept = os.environ.get("TEST_OUTPUT_DIR")
+    output_dir = Path(kept).resolve() if kept else tmp_path_factory.mktemp("series")
+    with environment(**series_ray):
+        seconds = series.execute_series(output_dir, {"limit": SERIES_LIMIT}, progress=False)
+    return output_dir, seconds

@@ -12,20 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers import series
+from conftest import SERIES_LIMIT as LIMIT
 from helpers.cluster import environment
 
-LIMIT = 42
 NOISE = ("Traceback", "Warning", "WARNING", "DeprecationWarning", "FutureWarning", " E ", "ERROR")
-
-
-@pytest.fixture(scope="module")
-def executed(tmp_path_factory, sample_dir, series_ray):
-    """The series run once; ``TEST_OUTPUT_DIR`` keeps its outputs (CI uploads them)."""
-    kept = os.environ.get("TEST_OUTPUT_DIR")
-    output_dir = Path(kept).resolve() if kept else tmp_path_factory.mktemp("series")
-    with environment(**series_ray):
-        seconds = series.execute_series(output_dir, {"limit": LIMIT}, progress=False)
-    return output_dir, seconds
 
 
 def test_committed_notebooks_carry_no_outputs():

@@ -1,0 +1,112 @@
+"""Long runs: notebook 03 killed midway (its kernel, with SIGKILL) resumes where it stopped."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pyarrow.parquet as pq
+import pytest
+
+from helpers import series, storage
+from helpers.cluster import environment
+
+NOTEBOOK_03 = next(nb for nb in series.NOTEBOOKS if nb.name.startswith("03"))
+COPIES = 2  # of the 504-image sample: a folder of 1,008 images
+
+
+def larger_folder(sample_dir: Path, target: Path, copies: int) -> Path:
+    """The sample's images ``copies`` times over, in the same class folders under new names
+    (hard links where the filesystem allows)."""
+    for image in sorted(sample_dir.glob("*/*")):
+        for copy in range(copies):
+            linked = target / image.parent.name / f"{copy}_{image.name}"
+            linked.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(image, linked)
+            except OSError:
+                shutil.copyfile(image, linked)
+    return target
+
+
+def rows_written(output_dir: Path, run_id: str | None) -> int:
+    """Rows in the complete Parquet files of the runs other than ``run_id`` (the complete one)."""
+    rows = 0
+    for file in (output_dir / "predictions").glob("*/*.parquet"):
+        if file.parent.name != run_id:
+            try:
+                rows += pq.read_metadata(file).num_rows
+            except (OSError, ValueError):  # being written
+                pass
+    return rows
+
+
+def kill_notebook_03_after(rows: int, output_dir: Path, parameters: dict, env: dict, log: Path,
+                           timeout_s: float = 600) -> None:
+    """Run notebook 03 with papermill and SIGKILL its kernel (the Ray driver) once the run
+    has written at least ``rows`` rows; papermill goes with it."""
+    manifest = output_dir / "predictions.json"
+    complete = json.loads(manifest.read_text())["run_id"] if manifest.exists() else None
+    options = [arg for name, value in {"output_dir": str(output_dir), **parameters}.items()
+               for arg in ("-p", name, str(value))]
+    with open(log, "wb") as out:
+        papermill = subprocess.Popen(
+            [sys.executable, "-m", "papermill", str(NOTEBOOK_03), str(output_dir / "killed.ipynb"),
+             "--cwd", str(NOTEBOOK_03.parent), "-k", "python3", "--no-progress-bar", *options],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while rows_written(output_dir, complete) < rows:
+            assert papermill.poll() is None, f"notebook 03 ended before it was killed: see {log}"
+            assert time.monotonic() < deadline, f"{rows} rows not written in {timeout_s} s: see {log}"
+            time.sleep(0.2)
+        kernels = [child for child in psutil.Process(papermill.pid).children(recursive=True)
+                   if "ipykernel" in " ".join(child.cmdline())]
+        assert kernels, "no kernel found under papermill"
+        for kernel in kernels:
+            kernel.send_signal(signal.SIGKILL)
+    finally:
+        os.killpg(papermill.pid, signal.SIGKILL)
+        papermill.wait(timeout=30)
+
+
+@pytest.mark.timeout(1200)
+def test_a_killed_run_resumes_and_classifies_only_what_was_left(sample_dir, executed, series_ray, tmp_path):
+    folder = larger_folder(sample_dir, tmp_path / "images", COPIES)
+    total = COPIES * len(list(sample_dir.glob("*/*")))
+    assert total >= 1000
+    output_dir = tmp_path / "outputs"
+    shutil.copytree(executed[0], output_dir, ignore=shutil.ignore_patterns("notebooks", "logs", "figures"))
+    earlier = storage.read_json(storage.Location.parse(output_dir / "predictions.json"))
+    parameters = {"data_uri": str(folder)}
+
+    env = {**os.environ, **series_ray}
+    kill_notebook_03_after(total // 2, output_dir, parameters, env, tmp_path / "killed.log")
+
+    # The last complete run is still what predictions.json names, and readable.
+    assert json.loads((output_dir / "predictions.json").read_text()) == earlier
+    assert len(pd.read_parquet([output_dir / file for file in earlier["files"]])) == earlier["num_rows"]
+
+    with environment(**series_ray):
+        series.execute_series(output_dir, parameters, notebooks=(NOTEBOOK_03,), progress=False)
+    manifest = json.loads((output_dir / "predictions.json").read_text())
+    assert total // 2 <= manifest["resumed_rows"] < total
+    assert manifest["num_rows"] == manifest["num_images"] == total
+    predictions = pd.read_parquet([output_dir / file for file in manifest["files"]])
+    assert len(predictions) == predictions["path"].nunique() == total
+    assert set(predictions["path"]) == {str(path) for path in folder.glob("*/*")}
+    assert [path.name for path in (output_dir / "predictions").iterdir()] == [manifest["run_id"]]
+
+    # Copies of an image have the same bytes: the killed run and its resumption agree on them.
+    predictions["image"] = predictions["path"].str.replace(r"/\d+_([^/]+)$", r"/\1", regex=True)
+    assert (predictions.groupby("image")["top1_wnid"].nunique() == 1).all()
+
+    notebook = (output_dir / "notebooks" / NOTEBOOK_03.name).read_text()
+    assert f"Resuming the killed run {manifest['run_id']}: {manifest['resumed_rows']} images" in notebook
+    left = total - manifest["resumed_rows"]
+    assert f"{manifest['resumed_rows']} rows written by a killed run that this run resumed; {left}" in notebook
