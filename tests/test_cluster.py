@@ -8,8 +8,12 @@ from pathlib import Path
 
 import pytest
 
+import pandas as pd
+import psutil
+
 from helpers import PROJECT_ROOT, cluster, series
 from helpers.cluster import environment
+from test_long_runs import start_notebook_03, wait_for_rows
 
 RAY = str(Path(sys.executable).with_name("ray"))
 NOTEBOOK_03 = tuple(nb for nb in series.NOTEBOOKS if nb.name.startswith("03"))
@@ -107,15 +111,24 @@ def ray_cluster(request, clusters) -> LoopbackClusters:
     return clusters
 
 
+def assert_planned_for(shape: str, notebook: Path, manifest: dict) -> None:
+    """Notebook 03 saw the cluster of ``shape`` and planned its actors for it, without error."""
+    sizes, actors = CLUSTERS[shape]
+    text = notebook.read_text()
+    nodes = ", ".join(str(cpus) for cpus in sorted(sizes))
+    assert f"{len(sizes)} node(s) ({nodes} CPUs)" in text and '"output_type": "error"' not in text
+    assert manifest["num_actors"] == actors
+
+
+# cpus-2-2 runs notebook 03 in the lost-node test below.
+@pytest.mark.parametrize("ray_cluster", [shape for shape in CLUSTERS if shape != "cpus-2-2"], indirect=True)
 @pytest.mark.timeout(900)  # a stage that waits for CPUs no node has stalls for ever
 def test_notebook_03_runs_on_the_cluster(ray_cluster, request, tmp_path):
-    sizes, actors = CLUSTERS[request.node.callspec.params["ray_cluster"]]
     series.execute_series(tmp_path, {"limit": 24, "batch_size": 8}, notebooks=NOTEBOOK_03, progress=False)
     manifest = json.loads((tmp_path / "predictions.json").read_text())
-    assert manifest["num_images"] == 24 and manifest["num_actors"] == actors
-    notebook = (tmp_path / "notebooks" / NOTEBOOK_03[0].name).read_text()
-    nodes = ", ".join(str(cpus) for cpus in sorted(sizes))
-    assert f"{len(sizes)} node(s) ({nodes} CPUs)" in notebook and '"output_type": "error"' not in notebook
+    assert manifest["num_images"] == 24
+    assert_planned_for(request.node.callspec.params["ray_cluster"], tmp_path / "notebooks" / NOTEBOOK_03[0].name,
+                       manifest)
 
 
 PROBE = """
@@ -147,3 +160,31 @@ def test_helpers_reach_the_second_node_through_runtime_env(ray_cluster):
     assert found["nodes"] == 2 and found["cpus"] == 2 and found["on_second_node"]
     assert "runtime_resources" in found["module_file"]  # the package Ray shipped, not the checkout
     assert Path(found["cwd"]).resolve() != PROJECT_ROOT
+
+
+@pytest.mark.parametrize("ray_cluster", ["cpus-2-2"], indirect=True)
+@pytest.mark.timeout(900)
+def test_notebook_03_finishes_when_the_worker_node_is_killed(ray_cluster, sample_dir, tmp_path):
+    """The worker's raylet is SIGKILLed mid-run: its actors, tasks and blocks are lost with it.
+    Ray restarts the actors and retries the tasks (Ray Data's defaults for an actor pool)."""
+    log = tmp_path / "papermill.log"
+    papermill = start_notebook_03(tmp_path, {}, os.environ.copy(), log)
+    try:
+        wait_for_rows(64, tmp_path, papermill, log)
+        assert not (tmp_path / "predictions.json").exists(), "the run completed before the node was killed"
+        worker = ray_cluster.processes[1]
+        raylets = [child for child in psutil.Process(worker.pid).children(recursive=True) if child.name() == "raylet"]
+        assert raylets, "no raylet under the worker's `ray start`"
+        for raylet in raylets:
+            raylet.send_signal(signal.SIGKILL)
+        papermill.wait(timeout=600)
+    finally:
+        if papermill.poll() is None:
+            os.killpg(papermill.pid, signal.SIGKILL)
+        ray_cluster.stop()  # one node is gone: the next test starts a whole cluster
+    assert papermill.returncode == 0, log.read_text()[-3000:]
+    manifest = json.loads((tmp_path / "predictions.json").read_text())
+    images = len(list(sample_dir.glob("*/*")))
+    predictions = pd.read_parquet([tmp_path / file for file in manifest["files"]])
+    assert manifest["num_images"] == len(predictions) == predictions["path"].nunique() == images
+    assert_planned_for("cpus-2-2", tmp_path / "running.ipynb", manifest)

@@ -1,4 +1,6 @@
-"""Long runs: notebook 03 killed midway (its kernel, with SIGKILL) resumes where it stopped."""
+"""Long runs: notebook 03 killed midway (its kernel, with SIGKILL) resumes where it stopped.
+
+The helpers that run notebook 03 in the background serve the lost-node test of test_cluster too."""
 import json
 import os
 import shutil
@@ -46,25 +48,35 @@ def rows_written(output_dir: Path, run_id: str | None) -> int:
     return rows
 
 
-def kill_notebook_03_after(rows: int, output_dir: Path, parameters: dict, env: dict, log: Path,
-                           timeout_s: float = 600) -> None:
-    """Run notebook 03 with papermill and SIGKILL its kernel (the Ray driver) once the run
-    has written at least ``rows`` rows; papermill goes with it."""
-    manifest = output_dir / "predictions.json"
-    complete = json.loads(manifest.read_text())["run_id"] if manifest.exists() else None
+def start_notebook_03(output_dir: Path, parameters: dict, env: dict, log: Path) -> subprocess.Popen:
+    """Notebook 03 run by papermill in the background (in a session of its own), into
+    ``output_dir/running.ipynb``."""
     options = [arg for name, value in {"output_dir": str(output_dir), **parameters}.items()
                for arg in ("-p", name, str(value))]
     with open(log, "wb") as out:
-        papermill = subprocess.Popen(
-            [sys.executable, "-m", "papermill", str(NOTEBOOK_03), str(output_dir / "killed.ipynb"),
+        return subprocess.Popen(
+            [sys.executable, "-m", "papermill", str(NOTEBOOK_03), str(output_dir / "running.ipynb"),
              "--cwd", str(NOTEBOOK_03.parent), "-k", "python3", "--no-progress-bar", *options],
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def wait_for_rows(rows: int, output_dir: Path, papermill: subprocess.Popen, log: Path, timeout_s: float = 600) -> None:
+    """Return once the run in progress has written at least ``rows`` rows."""
+    manifest = output_dir / "predictions.json"
+    complete = json.loads(manifest.read_text())["run_id"] if manifest.exists() else None
     deadline = time.monotonic() + timeout_s
+    while rows_written(output_dir, complete) < rows:
+        assert papermill.poll() is None, f"notebook 03 ended before {rows} rows were written: see {log}"
+        assert time.monotonic() < deadline, f"{rows} rows not written in {timeout_s} s: see {log}"
+        time.sleep(0.2)
+
+
+def kill_notebook_03_after(rows: int, output_dir: Path, parameters: dict, env: dict, log: Path) -> None:
+    """Run notebook 03 and SIGKILL its kernel (the Ray driver) once the run has written at
+    least ``rows`` rows; papermill goes with it."""
+    papermill = start_notebook_03(output_dir, parameters, env, log)
     try:
-        while rows_written(output_dir, complete) < rows:
-            assert papermill.poll() is None, f"notebook 03 ended before it was killed: see {log}"
-            assert time.monotonic() < deadline, f"{rows} rows not written in {timeout_s} s: see {log}"
-            time.sleep(0.2)
+        wait_for_rows(rows, output_dir, papermill, log)
         kernels = [child for child in psutil.Process(papermill.pid).children(recursive=True)
                    if "ipykernel" in " ".join(child.cmdline())]
         assert kernels, "no kernel found under papermill"
