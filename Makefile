@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 OUTPUT_DIR ?= outputs
 PARAMS ?=
 
-.PHONY: install run test bench lab weights data clean
+.PHONY: install run test bench bench-memory lab weights data clean
 MODEL ?= resnet152
 SIZE ?= 160
 
@@ -26,6 +26,9 @@ test: install  ## unit tests, then the notebooks end to end (papermill, then nbv
 
 bench: install  ## model only vs a bare PyTorch loop vs the Ray Data pipeline, as a table and JSON
 	$(PY) bench/benchmark.py --output $(OUTPUT_DIR)/benchmark.json
+
+bench-memory: install  ## notebook 03's peak memory on 500 and on 5,000 images (about 5 minutes)
+	$(PY) bench/memory.py --output $(OUTPUT_DIR)/memory.json
 
 weights: install  ## cache a torchvision model's weights for offline use: make weights MODEL=resnet152
 	$(PY) -c "from helpers import models; models.fetch_weights('$(MODEL)')"

@@ -153,3 +153,17 @@ def fingerprint(directory: Path) -> str:
         digest.update(str(path.relative_to(directory)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+def replicate(directory: Path, target: Path, copies: int) -> Path:
+    """A larger folder: the images of ``directory`` ``copies`` times over, in the same class
+    folders under new names (``<copy>_<name>``), hard-linked where the filesystem allows."""
+    for image in sorted(Path(directory).glob("*/*")):
+        for copy in range(copies):
+            linked = Path(target) / image.parent.name / f"{copy}_{image.name}"
+            linked.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(image, linked)
+            except OSError:
+                shutil.copyfile(image, linked)
+    return Path(target)

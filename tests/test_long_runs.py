@@ -1,6 +1,8 @@
 """Long runs: notebook 03 killed midway (its kernel, with SIGKILL) resumes where it stopped.
 
 The helpers that run notebook 03 in the background serve the lost-node test of test_cluster too."""
+import dataclasses
+import io
 import json
 import os
 import shutil
@@ -15,25 +17,11 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import series, storage
+from helpers import inference, sample, series, settings, storage
 from helpers.cluster import environment
 
 NOTEBOOK_03 = next(nb for nb in series.NOTEBOOKS if nb.name.startswith("03"))
 COPIES = 2  # of the 504-image sample: a folder of 1,008 images
-
-
-def larger_folder(sample_dir: Path, target: Path, copies: int) -> Path:
-    """The sample's images ``copies`` times over, in the same class folders under new names
-    (hard links where the filesystem allows)."""
-    for image in sorted(sample_dir.glob("*/*")):
-        for copy in range(copies):
-            linked = target / image.parent.name / f"{copy}_{image.name}"
-            linked.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(image, linked)
-            except OSError:
-                shutil.copyfile(image, linked)
-    return target
 
 
 def rows_written(output_dir: Path, run_id: str | None) -> int:
@@ -89,7 +77,7 @@ def kill_notebook_03_after(rows: int, output_dir: Path, parameters: dict, env: d
 
 @pytest.mark.timeout(1200)
 def test_a_killed_run_resumes_and_classifies_only_what_was_left(sample_dir, executed, series_ray, tmp_path):
-    folder = larger_folder(sample_dir, tmp_path / "images", COPIES)
+    folder = sample.replicate(sample_dir, tmp_path / "images", COPIES)
     total = COPIES * len(list(sample_dir.glob("*/*")))
     assert total >= 1000
     output_dir = tmp_path / "outputs"
@@ -122,3 +110,43 @@ def test_a_killed_run_resumes_and_classifies_only_what_was_left(sample_dir, exec
     assert f"Resuming the killed run {manifest['run_id']}: {manifest['resumed_rows']} images" in notebook
     left = total - manifest["resumed_rows"]
     assert f"{manifest['resumed_rows']} rows written by a killed run that this run resumed; {left}" in notebook
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_killed_run_is_the_unfinished_run_with_the_same_settings(where, tmp_path, request):
+    if where == "s3":
+        import boto3
+
+        request.getfixturevalue("s3_endpoint")
+        boto3.client("s3").create_bucket(Bucket="resume")
+        output = "s3://resume/outputs"
+    else:
+        output = str(tmp_path / "outputs")
+    cfg = settings.resolve("sample", settings.OFFLINE_MODEL, output, 10, 32, None)
+    other = dataclasses.replace(cfg, limit=20)
+
+    def run_folder(run_id: str, settings_of, *files: list[str]) -> storage.Location:
+        folder = cfg.predictions_dir / run_id
+        storage.write_json(folder / inference.RUN_RECORD, {"data_uri": settings_of.data_uri,
+                                                          "model_name": settings_of.model_name,
+                                                          "limit": settings_of.limit})
+        for number, paths in enumerate(files):
+            parquet = io.BytesIO()
+            pd.DataFrame({"path": paths, "top1_wnid": "n01440764"}).to_parquet(parquet)
+            (folder / f"part-{number}.parquet").write_bytes(parquet.getvalue())
+        return folder
+
+    assert inference.killed_run(cfg) is None
+    complete = run_folder("20261126-100000-aaaaaa", cfg, ["a/1.jpg"])
+    storage.write_json(cfg.predictions_manifest, {"run_id": complete.name})
+    assert inference.killed_run(cfg) is None  # the complete run is no killed run
+
+    killed = run_folder("20261126-110000-bbbbbb", cfg, ["a/1.jpg", "a/2.jpg"], ["b/3.jpg"])
+    whole = (killed / "part-1.parquet").read_bytes()
+    (killed / "part-2.parquet").write_bytes(whole[: len(whole) // 2])  # cut off mid-write
+    run_folder("20261126-120000-cccccc", other, ["a/9.jpg"])
+
+    found = inference.killed_run(cfg)
+    assert found.location.name == killed.name and found.classified == {"a/1.jpg", "a/2.jpg", "b/3.jpg"}
+    assert sorted(child.name for child in killed.children()) == ["part-0.parquet", "part-1.parquet", "run.json"]
+    assert inference.killed_run(other).classified == {"a/9.jpg"}
