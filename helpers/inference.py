@@ -35,6 +35,7 @@ LARGE_NODE_THREADS = 4  # threads per CPU actor where some node has more CPUs th
 RESOURCE_UNITS_PER_CPU = 10_000  # Ray's resolution: shares are rounded down to it
 FILES_PER_READ = 64  # at least; a whole number of batches, so that no batch is a runt
 RUN_RECORD = "run.json"  # in each run's folder: the settings it classifies with
+_left_out_by_read: dict[str, frozenset[str]] = {}  # predictions folder -> what its last read left out
 
 
 def decode_and_preprocess(row: dict, preprocessing: models.Preprocessing, root: str) -> dict:
@@ -275,10 +276,12 @@ def read_for_plan(listing: Listing, settings: Settings, plan: ActorPlan):
     if killed:
         print(f"Resuming the killed run {killed.location.name}: {len(killed.classified)} images "
               "are classified already; reading the others.")
+    left_out = killed.classified if killed else frozenset()
+    _left_out_by_read[str(settings.predictions_dir)] = left_out
     batches_per_read = math.ceil(FILES_PER_READ / settings.batch_size)
     return read_image_files(listing, settings.limit, num_cpus=plan.task_cpus,
                             files_per_read=batches_per_read * settings.batch_size, min_reads=plan.num_actors,
-                            leave_out=killed.classified if killed else frozenset())
+                            leave_out=left_out)
 
 
 def build_pipeline(listing: Listing, settings: Settings, plan: ActorPlan):
@@ -420,10 +423,19 @@ def new_run(settings: Settings, listing: Listing, plan: ActorPlan) -> Iterator[R
     completely uploaded). On failure the half-written folder is deleted, the failed run's
     actors are ended before the error reaches you (a retry then finds its CPUs free), and
     the error propagates as it was raised, with a note added. A killed run cleans up
-    nothing: the next run with its settings resumes it.
+    nothing: the next run with its settings resumes it. A dataset read before the outputs
+    changed (a resumed run completed, say) is refused: it would lose or repeat images.
     """
     models.fetch_weights(settings.model_name)  # fail fast on the driver, not in every actor
     killed = killed_run(settings)
+    resumed = killed.classified if killed else frozenset()
+    left_out = _left_out_by_read.get(str(settings.predictions_dir), resumed)
+    if left_out != resumed:  # the dataset was read for another state of the outputs
+        raise RuntimeError(
+            f"This dataset was read when a killed run had classified {len(left_out)} of its images; "
+            f"now {len(resumed)} are (a run completed, failed or was killed since), so writing it would "
+            "lose or repeat images. Run the cells again from the one that reads the files "
+            "(`inference.read_for_plan`).")
     if killed:
         run = Run(killed.location, resumed=killed.classified)
     else:

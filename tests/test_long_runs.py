@@ -113,7 +113,7 @@ def test_a_killed_run_resumes_and_classifies_only_what_was_left(sample_dir, exec
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
-def test_killed_run_is_the_unfinished_run_with_the_same_settings(where, tmp_path, request):
+def test_killed_run_is_the_unfinished_run_with_the_same_settings(where, tmp_path, request, monkeypatch):
     if where == "s3":
         import boto3
 
@@ -150,3 +150,10 @@ def test_killed_run_is_the_unfinished_run_with_the_same_settings(where, tmp_path
     assert found.location.name == killed.name and found.classified == {"a/1.jpg", "a/2.jpg", "b/3.jpg"}
     assert sorted(child.name for child in killed.children()) == ["part-0.parquet", "part-1.parquet", "run.json"]
     assert inference.killed_run(other).classified == {"a/9.jpg"}
+
+    # A dataset read when the killed run had classified fewer images would repeat some.
+    monkeypatch.setitem(inference._left_out_by_read, str(cfg.predictions_dir), frozenset({"a/1.jpg"}))
+    with pytest.raises(RuntimeError, match="had classified 1 of its images; now 3 are"):
+        with inference.new_run(cfg, listing=None, plan=None):
+            pass
+    assert sorted(child.name for child in killed.children()) == ["part-0.parquet", "part-1.parquet", "run.json"]
