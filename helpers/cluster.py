@@ -1,7 +1,8 @@
 """Start Ray on this machine, or join the cluster that ``RAY_ADDRESS`` names.
 
-Workers get the same ``helpers`` package as the driver through Ray's ``runtime_env``, so a
-worker started in any directory, on any node, can import it.
+On a cluster, workers get the same ``helpers`` package as the driver through Ray's
+``runtime_env``, so a worker started in any directory, on any node, can import it. A Ray on
+this machine alone runs its workers with this Python, which imports ``helpers`` already.
 """
 from __future__ import annotations
 
@@ -297,20 +298,24 @@ def init_options() -> dict:
     made first, readable by its owner only) and Ray's dashboard (on 127.0.0.1, on a free
     port). For it, this process keeps 127.0.0.1 as its
     node IP from now on (Ray reads that switch from a constant and the environment).
-    Either way ``helpers`` travels to every worker (``runtime_env``), and what the workers
-    print shows in the notebook (``log_to_driver``). In a Jupyter kernel, what Ray's C++
+    On a cluster ``helpers`` travels to every worker (``runtime_env``); a Ray on this
+    machine alone (a local instance, or the series' single-node head, which keeps
+    multi-node clusters off) does without: shipping it made every worker process wait for
+    its environment, 5 s or more per run here. Either way what the workers print shows in
+    the notebook (``log_to_driver``). In a Jupyter kernel, what Ray's C++
     core writes to the process's stderr goes to ``outputs/logs/ray-core.log`` instead of
     the notebook (see ``native_stderr_to``).
     """
+    address = os.environ.get("RAY_ADDRESS")
+    this_machine_only = not address or os.environ.get(LOOPBACK_ONLY_VARIABLE) == "0"
     options = {
-        "runtime_env": {"py_modules": [str(Path(helpers.__file__).parent)]},
+        **({} if this_machine_only else {"runtime_env": {"py_modules": [str(Path(helpers.__file__).parent)]}}),
         "logging_level": logging.ERROR,
         "log_to_driver": True,
     }
     _quiet_ray_data()
     if "ipykernel" in sys.modules and not _NATIVE_STDERR_REDIRECTED:
         _send_native_stderr_to(NATIVE_LOG)
-    address = os.environ.get("RAY_ADDRESS")
     if address:
         return {"address": address, **options}
     from ray._private import ray_constants
