@@ -283,6 +283,13 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def write_results(results: dict, output: Path | None) -> None:
+    """``results`` as indented JSON into ``output``, where one is given."""
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(results, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-uri", default=settings.SAMPLE_DATA)
@@ -303,9 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args)
     print(table(results))
     print(json.dumps(results, indent=2))
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(results, args.output)
     return 0
 
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import PeakMemory, settle  # noqa: E402
+from benchmark import PeakMemory, settle, write_results  # noqa: E402
 
 from helpers import sample, series  # noqa: E402
 
@@ -58,9 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{run['images']:>6} images: peak {run['peak_memory_gib']:.2f} GiB, {run['seconds']:.1f} s, "
               f"{run['images_per_second']} images/s")
     print(f"peak at {runs[-1]['images']} over peak at {runs[0]['images']}: {results['largest_over_smallest']:.3f}")
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(results, args.output)
     return 0
 
 
