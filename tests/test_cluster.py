@@ -6,17 +6,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import pandas as pd
 import psutil
+import pytest
 
 from helpers import PROJECT_ROOT, cluster, series
 from helpers.cluster import environment
-from test_long_runs import start_notebook_03, wait_for_rows
+from test_long_runs import NOTEBOOK_03, start_notebook_03, wait_for_rows
 
 RAY = str(Path(sys.executable).with_name("ray"))
-NOTEBOOK_03 = tuple(nb for nb in series.NOTEBOOKS if nb.name.startswith("03"))
 
 
 def _launch(arguments: list[str], cwd: Path, log_path: Path) -> subprocess.Popen:
@@ -124,10 +122,10 @@ def assert_planned_for(shape: str, notebook: Path, manifest: dict) -> None:
 @pytest.mark.parametrize("ray_cluster", [shape for shape in CLUSTERS if shape != "cpus-2-2"], indirect=True)
 @pytest.mark.timeout(900)  # a stage that waits for CPUs no node has stalls for ever
 def test_notebook_03_runs_on_the_cluster(ray_cluster, request, tmp_path):
-    series.execute_series(tmp_path, {"limit": 24, "batch_size": 8}, notebooks=NOTEBOOK_03, progress=False)
+    series.execute_series(tmp_path, {"limit": 24, "batch_size": 8}, notebooks=(NOTEBOOK_03,), progress=False)
     manifest = json.loads((tmp_path / "predictions.json").read_text())
     assert manifest["num_images"] == 24
-    assert_planned_for(request.node.callspec.params["ray_cluster"], tmp_path / "notebooks" / NOTEBOOK_03[0].name,
+    assert_planned_for(request.node.callspec.params["ray_cluster"], tmp_path / "notebooks" / NOTEBOOK_03.name,
                        manifest)
 
 
