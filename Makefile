@@ -33,8 +33,8 @@ bench-memory: install  ## notebook 03's peak memory on 500 and on 5,000 images (
 weights: install  ## cache a torchvision model's weights for offline use: make weights MODEL=resnet152
 	$(PY) -c "from helpers import models; models.fetch_weights('$(MODEL)')"
 
-data: install  ## download Imagenette (SIZE=160|320|full) into data/ for offline workshops
-	$(PY) -m helpers.download --size $(SIZE)
+data: install  ## Imagenette (SIZE=160|320|full) via torchvision, md5-checked, into data/ for offline workshops
+	$(PY) -c "from helpers import data; print('data_uri:', data.fetch_imagenette('$(SIZE)') / 'val')"
 
 lab: install  ## open the notebooks in JupyterLab
 	$(VENV)/bin/jupyter lab notebooks

@@ -10,16 +10,18 @@ from __future__ import annotations
 import io
 import itertools
 import math
+import os
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pyarrow.fs
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from helpers import sample
+from helpers import PROJECT_ROOT, sample
 from helpers.settings import SAMPLE_DATA
 from helpers.storage import Location, s3_hint
 
@@ -43,6 +45,24 @@ class Listing:
     root: str
     images: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+
+def fetch_imagenette(size: str = "160", root: str | Path = PROJECT_ROOT / "data") -> Path:
+    """Download Imagenette (SIZE 160, 320 or full) with torchvision, md5-checked, into
+    ``root/imagenette2-<size>/{train,val}/<wnid>/``, unless that folder exists; return it.
+
+    torchvision unpacks in place, so an interrupted unpack would pass for complete next time:
+    here it unpacks in a staging folder, renamed into place whole; the archive goes with it.
+    """
+    from torchvision.datasets import Imagenette
+
+    folder = Path(root) / ("imagenette2" if size == "full" else f"imagenette2-{size}")
+    if not folder.exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{folder.name}-", dir=folder.parent) as staging:
+            Imagenette(staging, size=size if size == "full" else f"{size}px", download=True)
+            os.replace(Path(staging) / folder.name, folder)
+    return folder
 
 
 def resolve_data_uri(data_uri: str) -> str:
