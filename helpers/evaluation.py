@@ -1,5 +1,12 @@
-"""Evaluating predictions against the folder labels: accuracy, per-class table, confusion."""
+"""Evaluating predictions: accuracy, per-class table, confusion.
+
+A prediction is right when it is in the image's set of acceptable classes, where one is
+given (the sample's photos have theirs, see ``sample.acceptable_labels``), else when it is
+the folder label; top-1 against the folder label alone is reported beside it.
+"""
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import pandas as pd
 
@@ -57,24 +64,35 @@ def load_predictions(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, di
     return classified, skipped, manifest
 
 
-def add_correctness(frame: pd.DataFrame) -> pd.DataFrame:
-    """Columns ``top1_correct`` and ``top5_correct``: does the folder label match?"""
+def add_correctness(frame: pd.DataFrame,
+                    acceptable: Callable[[str], frozenset[str] | None] | None = None) -> pd.DataFrame:
+    """Columns ``top1_correct`` and ``top5_correct``: is the top-1 (one of the top-5) in the
+    row's set, ``acceptable(path)``, or the folder label where there is none? And
+    ``top1_folder_label``: is the top-1 the folder label?"""
     frame = frame.copy()
-    frame["top1_correct"] = frame["top1_wnid"] == frame["label"]
-    frame["top5_correct"] = [label in list(top5) for label, top5 in zip(frame["label"], frame["top5_wnid"])]
+    sets = [(acceptable(path) if acceptable else None) or {label}
+            for path, label in zip(frame["path"], frame["label"])]
+    frame["top1_correct"] = [top1 in right for top1, right in zip(frame["top1_wnid"], sets)]
+    frame["top5_correct"] = [not right.isdisjoint(top5) for top5, right in zip(frame["top5_wnid"], sets)]
+    frame["top1_folder_label"] = frame["top1_wnid"] == frame["label"]
     return frame
 
 
 def summarize(frame: pd.DataFrame, manifest: dict) -> dict:
     """The headline numbers that ``metrics.json`` records."""
     scored = frame[frame["label"].map(labels.is_imagenet_wnid)]
+
+    def rate(column: str) -> float | None:
+        return round(float(scored[column].mean()), 4) if len(scored) else None
+
     return {
         "num_images": int(len(frame)),
         "num_skipped": manifest["num_skipped"],
         "num_scored": int(len(scored)),
         "num_classes": int(scored["label"].nunique()),
-        "top1": round(float(scored["top1_correct"].mean()), 4) if len(scored) else None,
-        "top5": round(float(scored["top5_correct"].mean()), 4) if len(scored) else None,
+        "top1": rate("top1_correct"),
+        "top5": rate("top5_correct"),
+        "top1_folder_label": rate("top1_folder_label"),
         "images_per_second": manifest["images_per_second"],
         "inference_seconds": manifest["seconds"],
         "model_name": manifest["model_name"],
@@ -87,11 +105,13 @@ def summarize(frame: pd.DataFrame, manifest: dict) -> dict:
 
 
 def per_class_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per folder label: images, top-1/top-5 accuracy, the most frequent prediction."""
+    """One row per folder label: images, top-1/top-5 accuracy, top-1 against the folder label
+    alone, the most frequent prediction."""
     table = frame.groupby("label").agg(
         images=("path", "size"),
         top1=("top1_correct", "mean"),
         top5=("top5_correct", "mean"),
+        top1_folder_label=("top1_folder_label", "mean"),
         most_predicted=("top1_name", lambda names: names.value_counts().index[0]),
     )
     table.insert(0, "class", [labels.label_to_name(label) for label in table.index])

@@ -14,19 +14,36 @@ def _frame():
         "top1_wnid": ["n02123045", "n02124075", "n07920052", "n03063599", "n07920052"],
         "top1_name": ["tabby", "Egyptian cat", "espresso", "coffee mug", "espresso"],
         "top1_score": [0.9, 0.6, 0.8, 0.7, 0.5],
-        "top5_wnid": [["n02123045"], ["n02124075", "n02123045"], ["n07920052"], ["n03063599"], ["n07920052"]],
+        "top5_wnid": [["n02123045"], ["n02124075", "n02123045"], ["n07920052"], ["n03063599", "n07930864"],
+                      ["n07920052"]],
         "error": ["", "", "", "", ""],
     })
 
 
+MANIFEST = {"images_per_second": 10.0, "seconds": 0.5, "model_name": "m", "data_uri": "d", "batch_size": 2,
+            "num_actors": 1, "run_id": "r", "num_skipped": 2}
+
+
 def test_accuracy_scores_imagenet_labels_and_reports_the_others():
     frame = evaluation.add_correctness(_frame())
-    metrics = evaluation.summarize(frame, {"images_per_second": 10.0, "seconds": 0.5, "model_name": "m",
-                                           "data_uri": "d", "batch_size": 2, "num_actors": 1, "run_id": "r",
-                                           "num_skipped": 2})
+    metrics = evaluation.summarize(frame, MANIFEST)
     assert metrics["num_images"] == 5 and metrics["num_scored"] == 4 and metrics["num_skipped"] == 2
-    assert metrics["top1"] == 0.5 and metrics["top5"] == 0.75
+    assert metrics["top1"] == metrics["top1_folder_label"] == 0.5 and metrics["top5"] == 0.75
     assert metrics["unscored_labels"] == ["my_own_label"]
+
+
+def test_acceptable_sets_score_beside_the_folder_label():
+    sets = {"b": frozenset({"n02123045", "n02124075"}), "d": frozenset({"n07920052", "n07930864"})}
+    frame = evaluation.add_correctness(_frame(), sets.get)  # a, c and e have no set: their folder label
+    assert list(frame["top1_correct"]) == [True, True, True, False, False]
+    assert list(frame["top5_correct"]) == [True, True, True, True, False]
+    assert list(frame["top1_folder_label"]) == [True, False, True, False, False]
+    metrics = evaluation.summarize(frame, MANIFEST)
+    assert (metrics["top1"], metrics["top1_folder_label"], metrics["top5"]) == (0.75, 0.5, 1.0)
+    table = evaluation.per_class_table(frame)
+    assert table.loc["n02123045", "top1"] == 1.0 and table.loc["n02123045", "top1_folder_label"] == 0.5
+    assert list(evaluation.misclassified(frame, 5)["path"]) == ["d", "e"]
+    assert evaluation.confusion(frame).loc["tabby", "Egyptian cat"] == 1  # still what the model said
 
 
 def test_per_class_table_and_confusion():
