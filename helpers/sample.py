@@ -1,9 +1,11 @@
 """The embedded sample set: real photographs that installed packages ship, in Imagenette layout.
 
-Each source photo carries a label chosen by hand from what it shows (never from a model's
-output) and a hand-drawn box around that object. The set is made of crops that always
-contain the box, at varied sizes, aspect ratios, mirrorings and JPEG qualities, so the
-images differ the way a real folder's do. It is built once, deterministically, into
+Each source photo carries, chosen by hand from what it shows (never from a model's output),
+a folder label, the set of ImageNet-1k classes that describe it correctly (as ImageNet-ReaL
+does for the validation set: a tabby is also a fair *tiger cat*), what can mislead a
+classifier in it, and a hand-drawn box around the labelled object. The set is made of crops
+that always contain the box, at varied sizes, aspect ratios, mirrorings and JPEG qualities,
+so the images differ the way a real folder's do. It is built once, deterministically, into
 ``data/sample/<wnid>/<photo>_<k>.JPEG``.
 """
 from __future__ import annotations
@@ -12,10 +14,11 @@ import fcntl
 import hashlib
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
@@ -33,8 +36,12 @@ class SourcePhoto:
 
     package: str  # importable package that ships the file
     relative_path: str  # path inside that package
-    wnid: str  # ImageNet WordNet id chosen by hand from what the photo shows
+    wnid: str  # the folder label: an ImageNet WordNet id chosen by hand from what the photo shows
     box: tuple[int, int, int, int]  # (left, top, right, bottom) around the labelled object
+    acceptable: tuple[str, ...]  # every ImageNet class that describes the photo correctly, wnid first
+    reason: str  # why those classes
+    pitfall: str  # what in the photo can mislead a classifier
+    margin: float = 0.5  # crops reach at most this fraction of the box's longer side beyond it
 
     @property
     def path(self) -> Path:
@@ -51,26 +58,86 @@ class SourcePhoto:
 
 
 SOURCE_PHOTOS: tuple[SourcePhoto, ...] = (
-    SourcePhoto("skimage", "data/chelsea.png", "n02123045", (60, 0, 420, 300)),  # tabby cat
-    SourcePhoto("skimage", "data/coffee.png", "n07920052", (70, 0, 480, 400)),  # espresso
-    SourcePhoto("skimage", "data/rocket.jpg", "n03773504", (290, 120, 360, 427)),  # missile
-    SourcePhoto("skimage", "data/astronaut.png", "n04266014", (340, 0, 475, 285)),  # space shuttle
-    SourcePhoto("skimage", "data/camera.png", "n04485082", (225, 130, 410, 512)),  # tripod
-    SourcePhoto("sklearn", "datasets/images/china.jpg", "n03877845", (60, 25, 370, 427)),  # palace
-    SourcePhoto(  # military uniform
-        "matplotlib", "mpl-data/sample_data/grace_hopper.jpg", "n03763968", (20, 20, 500, 600)
+    SourcePhoto(
+        "skimage", "data/chelsea.png", "n02123045", (60, 0, 420, 300),
+        ("n02123045", "n02123159", "n02124075"),  # tabby, tiger cat, Egyptian cat
+        "A striped brownish-grey domestic cat: ImageNet's three domestic-cat classes overlap.",
+        "Only the face, close up: nothing tells a tabby from ImageNet's other striped cats.",
+    ),
+    SourcePhoto(
+        "skimage", "data/coffee.png", "n07920052", (70, 0, 480, 400),
+        ("n07920052", "n07930864"),  # espresso, cup
+        "An espresso in a small cup with a handle, on a saucer (a mug has no saucer).",
+        "Seen from above, the crema looks like a clear soup and the thick cup like a mug.",
+    ),
+    SourcePhoto(
+        "skimage", "data/rocket.jpg", "n03773504", (290, 120, 360, 427),
+        ("n03773504", "n04008634"),  # missile, projectile
+        "A rocket on its launch pad: ImageNet files rockets under both missile and projectile.",
+        "A thin rocket on a concrete pad between lattice towers, which look like a rig's or a minaret.",
+    ),
+    SourcePhoto(
+        "skimage", "data/astronaut.png", "n04266014", (340, 0, 475, 285),
+        ("n04266014",),  # space shuttle
+        "A model of the space shuttle, with its tank and boosters; ImageNet has no astronaut class.",
+        "A small model on a stand, next to the astronaut's face, orange spacesuit and helmet.",
+        margin=0.15,  # the model is small beside her: crops stay close to it
+    ),
+    SourcePhoto(
+        "skimage", "data/camera.png", "n04485082", (225, 130, 410, 512),
+        ("n04485082",),  # tripod
+        "A camcorder on a tripod; ImageNet has no camcorder class (its cameras are stills cameras).",
+        "Black and white, with the cameraman's dark coat and the camcorder around the tripod.",
+    ),
+    SourcePhoto(
+        "sklearn", "datasets/images/china.jpg", "n03877845", (60, 25, 370, 427),
+        ("n03877845",),  # palace
+        "The Tower of Buddhist Incense of Beijing's Summer Palace; ImageNet has no pagoda class.",
+        "Close up, its tiered roofs look like a bell cote; a lake and trees around it.",
+    ),
+    SourcePhoto(
+        "matplotlib", "mpl-data/sample_data/grace_hopper.jpg", "n03763968", (20, 300, 512, 600),
+        ("n03763968", "n04350905", "n04591157"),  # military uniform, suit, Windsor tie
+        "A naval officer's dress blues: a jacket and skirt of one dark cloth (a suit, in WordNet's "
+        "words), a white shirt and a black necktie (ImageNet's only necktie class is Windsor tie).",
+        "A portrait: her cap and dark jacket look like a mortarboard and an academic gown.",
+        margin=0.35,  # the box holds the uniform below the collar: crops show little of the cap
     ),
 )
 
+_CROP_NAME = re.compile(r"(?P<stem>.+)_\d+\.JPEG")
 
-def _random_crop(rng: np.random.Generator, size: tuple[int, int], box: tuple[int, int, int, int]):
+
+def _photo_of(path: str) -> SourcePhoto | None:
+    """The source photo of a sample crop, by its class folder and name ``<stem>_<k>.JPEG``."""
+    path = PurePosixPath(path)
+    match = _CROP_NAME.fullmatch(path.name)
+    photos = {(photo.wnid, photo.stem): photo for photo in SOURCE_PHOTOS}
+    return photos.get((path.parent.name, match["stem"])) if match else None
+
+
+def acceptable_labels(path: str) -> frozenset[str] | None:
+    """The WordNet ids that describe a sample crop correctly; None for any other file."""
+    photo = _photo_of(path)
+    return frozenset(photo.acceptable) if photo else None
+
+
+def pitfall(path: str) -> str | None:
+    """What can mislead a classifier in a sample crop's photo; None for any other file."""
+    photo = _photo_of(path)
+    return photo.pitfall if photo else None
+
+
+def _random_crop(rng: np.random.Generator, size: tuple[int, int], box: tuple[int, int, int, int],
+                 margin: float):
     """A crop of an image of ``size`` that contains ``box``, with random margins on each side.
 
-    Margins stay under half the box's longer side, so the labelled object dominates the crop.
+    Margins stay under ``margin`` times the box's longer side, so the labelled object
+    dominates the crop.
     """
     width, height = size
     left, top, right, bottom = box
-    reach = max(right - left, bottom - top) // 2
+    reach = int(max(right - left, bottom - top) * margin)
     return (
         int(rng.integers(max(0, left - reach), left + 1)),
         int(rng.integers(max(0, top - reach), top + 1)),
@@ -84,7 +151,7 @@ def _variants(photo: SourcePhoto, count: int, rng: np.random.Generator):
     with Image.open(photo.path) as source:
         image = source.convert("RGB")
     for _ in range(count):
-        crop = image.crop(_random_crop(rng, image.size, photo.box))
+        crop = image.crop(_random_crop(rng, image.size, photo.box, photo.margin))
         short_side = int(rng.integers(96, 520))
         scale = short_side / min(crop.size)
         crop = crop.resize(
@@ -107,7 +174,9 @@ def _write_sample(target: Path, images_per_photo: int) -> None:
 
 def _recipe(images_per_photo: int) -> str:
     """What determines the set's bytes: a set built from another recipe is rebuilt."""
-    return repr((SOURCE_PHOTOS, images_per_photo, SEED, Image.__version__)) + "\n"
+    photos = [(photo.package, photo.relative_path, photo.wnid, photo.box, photo.margin)
+              for photo in SOURCE_PHOTOS]
+    return repr((photos, images_per_photo, SEED, Image.__version__)) + "\n"
 
 
 def _marker(directory: Path) -> Path:

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-from helpers import labels, models
+from helpers import labels, models, sample
 from helpers.settings import SettingsError
 
 
@@ -81,27 +81,31 @@ def _unreachable(request, timeout):
 
 
 def _sample_batch(sample_dir):
-    files = sorted(sample_dir.rglob("*.JPEG"))
+    """The sample's crops (not its broken files): pixels, folder label and acceptable classes."""
+    files = [path for path in sorted(sample_dir.rglob("*")) if sample.acceptable_labels(str(path))]
     images = [np.array(Image.open(path).convert("RGB")) for path in files]
-    truth = np.array([labels.wnid_to_index(path.parent.name) for path in files])
-    return images, truth
+    folder = np.array([labels.wnid_to_index(path.parent.name) for path in files])
+    acceptable = [{labels.wnid_to_index(wnid) for wnid in sample.acceptable_labels(str(path))} for path in files]
+    return images, folder, acceptable
 
 
-def _accuracy(model, spec, images, truth):
+def _accuracy(model, spec, images, folder, acceptable):
+    """Top-1 in the photo's set, top-1 against the folder label, top-5 holding one of the set."""
     pixels = torch.stack([torch.from_numpy(spec.resize_and_crop(torch.from_numpy(image).permute(2, 0, 1)))
                           for image in images])
     with torch.inference_mode():
         top5 = torch.cat([model(spec.normalize(chunk)) for chunk in pixels.split(64)]).topk(5).indices.numpy()
-    return (top5[:, 0] == truth).mean(), (top5 == truth[:, None]).any(axis=1).mean()
+    return (np.mean([best[0] in right for best, right in zip(top5, acceptable)]), (top5[:, 0] == folder).mean(),
+            np.mean([not right.isdisjoint(best) for best, right in zip(top5, acceptable)]))
 
 
 def test_offline_model_recognises_the_real_photographs(sample_dir):
     """The hand-labelled photos: right preprocessing scores well, ImageNet mean/std worse."""
-    images, truth = _sample_batch(sample_dir)
+    batch = _sample_batch(sample_dir)
     model = models.load_model("efficientnet_lite0")
     spec = models.preprocessing("efficientnet_lite0")
-    top1, top5 = _accuracy(model, spec, images, truth)
-    assert top1 >= 0.5 and top5 >= 0.85, (top1, top5)  # measured: 0.52 and 0.90
+    top1, folder_top1, top5 = _accuracy(model, spec, *batch)
+    assert top1 >= 0.82 and folder_top1 >= 0.55 and top5 >= 0.98, (top1, folder_top1, top5)  # 0.845, 0.575, 0.996
     wrong = models.Preprocessing(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), spec.interpolation)
-    wrong_top1, wrong_top5 = _accuracy(model, wrong, images, truth)
-    assert wrong_top1 < top1 and wrong_top5 < top5
+    wrong_top1, _, wrong_top5 = _accuracy(model, wrong, *batch)
+    assert wrong_top1 < top1 and wrong_top5 < top5  # measured: 0.641 and 0.958

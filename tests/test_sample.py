@@ -1,39 +1,66 @@
 from collections import Counter
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from helpers import labels, sample
 
 
+def _crops(directory):
+    """The sample's crops: the files that ``acceptable_labels`` knows."""
+    return sorted(path for path in directory.rglob("*") if sample.acceptable_labels(str(path)))
+
+
 def test_every_source_photo_ships_and_holds_its_box():
     for photo in sample.SOURCE_PHOTOS:
         assert photo.path.exists(), photo.path
-        assert labels.is_imagenet_wnid(photo.wnid)
         left, top, right, bottom = photo.box
         with Image.open(photo.path) as image:
             assert 0 <= left < right <= image.width and 0 <= top < bottom <= image.height
+        assert 0 < photo.margin <= 0.5
+
+
+def test_every_photo_has_a_set_of_imagenet_classes_holding_its_folder_label():
+    assert len({photo.wnid for photo in sample.SOURCE_PHOTOS}) == len(sample.SOURCE_PHOTOS)  # a folder each
+    for photo in sample.SOURCE_PHOTOS:
+        assert photo.acceptable[0] == photo.wnid and len(set(photo.acceptable)) == len(photo.acceptable)
+        assert all(labels.is_imagenet_wnid(wnid) for wnid in photo.acceptable), photo.stem
+        assert photo.reason and photo.pitfall
+
+
+def test_acceptable_labels_and_pitfall_know_the_crops_and_nothing_else():
+    for photo in sample.SOURCE_PHOTOS:
+        for path in (f"/data/sample/{photo.wnid}/{photo.stem}_017.JPEG", f"s3://b/s/{photo.wnid}/{photo.stem}_000.JPEG"):
+            assert sample.acceptable_labels(path) == frozenset(photo.acceptable)
+            assert sample.pitfall(path) == photo.pitfall
+    tabby = sample.SOURCE_PHOTOS[0].wnid
+    for path in (f"{tabby}/coffee_000.JPEG", f"{tabby}/0_chelsea_000.JPEG",
+                 f"{tabby}/chelsea_000.jpg", f"{tabby}/chelsea.JPEG", "my_cats/chelsea_000.JPEG", "chelsea_000.JPEG"):
+        assert sample.acceptable_labels(path) is None and sample.pitfall(path) is None, path
 
 
 def test_default_sample_is_large_varied_and_in_imagenette_layout(sample_dir):
-    files = sorted(sample_dir.rglob("*.JPEG"))
-    assert len(files) >= 500
-    per_class = Counter(path.parent.name for path in files)
+    crops = _crops(sample_dir)
+    assert len(crops) == sample.IMAGES_PER_PHOTO * len(sample.SOURCE_PHOTOS) >= 500
+    assert set(sample_dir.rglob("*.*")) == set(crops)
+    per_class = Counter(path.parent.name for path in crops)
     assert set(per_class) == {photo.wnid for photo in sample.SOURCE_PHOTOS}
-    assert all(path.parent.parent == sample_dir for path in files)
+    assert all(path.parent.parent == sample_dir for path in crops)
+    assert all(path.parent.name in sample.acceptable_labels(str(path)) for path in crops)
     sizes = set()
-    for path in files[::7]:
+    for path in crops[::7]:
         with Image.open(path) as image:
             assert image.format == "JPEG" and image.mode == "RGB"
             sizes.add(image.size)
-    assert len(sizes) > 0.9 * len(files[::7])  # nearly every image has its own size
+    assert len(sizes) > 0.9 * len(crops[::7])  # nearly every image has its own size
 
 
 def test_building_is_deterministic(tmp_path):
     first = sample.ensure_sample(tmp_path / "a", images_per_photo=3)
     second = sample.ensure_sample(tmp_path / "b", images_per_photo=3)
     assert sample.fingerprint(first) == sample.fingerprint(second)
-    assert len(list(first.rglob("*.JPEG"))) == 3 * len(sample.SOURCE_PHOTOS)
+    assert len(_crops(first)) == 3 * len(sample.SOURCE_PHOTOS)
 
 
 def test_a_set_from_another_recipe_is_rebuilt(tmp_path):
@@ -41,12 +68,16 @@ def test_a_set_from_another_recipe_is_rebuilt(tmp_path):
     (target / "n02123045" / "stray.JPEG").write_bytes(b"left over")
     sample.ensure_sample(target, images_per_photo=3)
     assert not (target / "n02123045" / "stray.JPEG").exists()
-    assert len(list(target.rglob("*.JPEG"))) == 3 * len(sample.SOURCE_PHOTOS)
+    assert len(_crops(target)) == 3 * len(sample.SOURCE_PHOTOS)
 
 
-def test_crops_keep_the_labelled_object():
+@pytest.mark.parametrize("margin, reach", [(0.5, 125), (0.15, 37)])
+def test_crops_keep_the_labelled_object(margin, reach):
     rng = np.random.default_rng(0)
     box = (100, 50, 200, 300)
-    for _ in range(200):
-        left, top, right, bottom = sample._random_crop(rng, (640, 480), box)
-        assert 0 <= left <= 100 and 0 <= top <= 50 and 200 <= right <= 640 and 300 <= bottom <= 480
+    crops = np.array([sample._random_crop(rng, (640, 480), box, margin) for _ in range(200)])
+    assert (crops[:, 0] >= 100 - reach).all() and (crops[:, 0] <= 100).all()
+    assert (crops[:, 1] >= 0).all() and (crops[:, 1] <= 50).all()
+    assert (crops[:, 2] >= 200).all() and (crops[:, 2] <= 200 + reach).all()
+    assert (crops[:, 3] >= 300).all() and (crops[:, 3] <= 300 + reach).all()
+    assert crops[:, 0].min() < 100 - reach // 2 and crops[:, 2].max() > 200 + reach // 2  # margins vary
