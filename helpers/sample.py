@@ -5,7 +5,8 @@ a folder label, the set of ImageNet-1k classes that describe it correctly (as Im
 does for the validation set: a tabby is also a fair *tiger cat*), what can mislead a
 classifier in it, and a hand-drawn box around the labelled object. The set is made of crops
 that always contain the box, at varied sizes, aspect ratios, mirrorings and JPEG qualities,
-so the images differ the way a real folder's do. It is built once, deterministically, into
+so the images differ the way a real folder's do, plus a few files that cannot be decoded,
+as a real folder holds. It is built once, deterministically, into
 ``data/sample/<wnid>/<photo>_<k>.JPEG``.
 """
 from __future__ import annotations
@@ -105,6 +106,14 @@ SOURCE_PHOTOS: tuple[SourcePhoto, ...] = (
     ),
 )
 
+# Files of the kinds a real folder holds that cannot be decoded, in class folders, each named
+# to sort after the crops of its folder so that runs with a small ``limit`` stay clean.
+TRUNCATED = "n07920052/coffee_truncated.JPEG"  # the first half of coffee_000.JPEG
+NOT_AN_IMAGE = "n04485082/camera_notes.jpg"  # a text note saved with an image extension
+EMPTY = "n03773504/rocket_empty.JPEG"  # 0 bytes, as an interrupted copy leaves
+BROKEN_FILES = (TRUNCATED, NOT_AN_IMAGE, EMPTY)
+NOTE = b"Camera notes: tripod at 1.4 m, lens cap in the left pocket.\n"
+
 _CROP_NAME = re.compile(r"(?P<stem>.+)_\d+\.JPEG")
 
 
@@ -170,13 +179,17 @@ def _write_sample(target: Path, images_per_photo: int) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         for k, (image, quality) in enumerate(_variants(photo, images_per_photo, rng)):
             image.save(folder / f"{photo.stem}_{k:03d}.JPEG", quality=quality)
+    whole = (target / TRUNCATED).with_name("coffee_000.JPEG").read_bytes()
+    (target / TRUNCATED).write_bytes(whole[: len(whole) // 2])
+    (target / NOT_AN_IMAGE).write_bytes(NOTE)
+    (target / EMPTY).write_bytes(b"")
 
 
 def _recipe(images_per_photo: int) -> str:
     """What determines the set's bytes: a set built from another recipe is rebuilt."""
     photos = [(photo.package, photo.relative_path, photo.wnid, photo.box, photo.margin)
               for photo in SOURCE_PHOTOS]
-    return repr((photos, images_per_photo, SEED, Image.__version__)) + "\n"
+    return repr((photos, BROKEN_FILES, NOTE, images_per_photo, SEED, Image.__version__)) + "\n"
 
 
 def _marker(directory: Path) -> Path:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import labels, sample
+from helpers import data, labels, sample
 
 
 def _crops(directory):
@@ -35,7 +35,7 @@ def test_acceptable_labels_and_pitfall_know_the_crops_and_nothing_else():
             assert sample.acceptable_labels(path) == frozenset(photo.acceptable)
             assert sample.pitfall(path) == photo.pitfall
     tabby = sample.SOURCE_PHOTOS[0].wnid
-    for path in (f"{tabby}/coffee_000.JPEG", f"{tabby}/0_chelsea_000.JPEG",
+    for path in (*sample.BROKEN_FILES, f"{tabby}/coffee_000.JPEG", f"{tabby}/0_chelsea_000.JPEG",
                  f"{tabby}/chelsea_000.jpg", f"{tabby}/chelsea.JPEG", "my_cats/chelsea_000.JPEG", "chelsea_000.JPEG"):
         assert sample.acceptable_labels(path) is None and sample.pitfall(path) is None, path
 
@@ -43,7 +43,8 @@ def test_acceptable_labels_and_pitfall_know_the_crops_and_nothing_else():
 def test_default_sample_is_large_varied_and_in_imagenette_layout(sample_dir):
     crops = _crops(sample_dir)
     assert len(crops) == sample.IMAGES_PER_PHOTO * len(sample.SOURCE_PHOTOS) >= 500
-    assert set(sample_dir.rglob("*.*")) == set(crops)
+    everything = {path.relative_to(sample_dir).as_posix() for path in sample_dir.rglob("*") if path.is_file()}
+    assert everything == {path.relative_to(sample_dir).as_posix() for path in crops} | set(sample.BROKEN_FILES)
     per_class = Counter(path.parent.name for path in crops)
     assert set(per_class) == {photo.wnid for photo in sample.SOURCE_PHOTOS}
     assert all(path.parent.parent == sample_dir for path in crops)
@@ -56,19 +57,47 @@ def test_default_sample_is_large_varied_and_in_imagenette_layout(sample_dir):
     assert len(sizes) > 0.9 * len(crops[::7])  # nearly every image has its own size
 
 
+@pytest.mark.parametrize("relative, reason", [
+    (sample.TRUNCATED, "corrupt or truncated: image file is truncated"),
+    (sample.NOT_AN_IMAGE, "not a readable image (unknown or corrupt format)"),
+    (sample.EMPTY, "empty file (0 bytes)"),
+])
+def test_broken_files_are_listed_as_images_and_fail_to_decode(sample_dir, relative, reason):
+    listing = data.list_files(str(sample_dir))
+    path = str(sample_dir / relative)
+    assert path in listing.images and not listing.skipped
+    with pytest.raises(data.UnreadableImage) as error:
+        data.decode_image((sample_dir / relative).read_bytes())
+    assert str(error.value).startswith(reason)
+    folder = [image for image in listing.images if image.startswith(str(sample_dir / relative.split("/")[0]) + "/")]
+    assert folder[-1] == path  # after every crop of its folder
+    clean = data.select_images(listing.images, listing.root, len(_crops(sample_dir)))
+    assert path not in clean  # so a run with a limit up to the number of crops sees none
+
+
+def test_the_truncated_file_is_the_first_half_of_a_real_crop(sample_dir):
+    truncated = (sample_dir / sample.TRUNCATED).read_bytes()
+    whole = (sample_dir / sample.TRUNCATED).with_name("coffee_000.JPEG").read_bytes()
+    assert len(truncated) == len(whole) // 2 > 0 and whole.startswith(truncated)
+
+
 def test_building_is_deterministic(tmp_path):
     first = sample.ensure_sample(tmp_path / "a", images_per_photo=3)
     second = sample.ensure_sample(tmp_path / "b", images_per_photo=3)
     assert sample.fingerprint(first) == sample.fingerprint(second)
     assert len(_crops(first)) == 3 * len(sample.SOURCE_PHOTOS)
+    assert all((first / relative).is_file() for relative in sample.BROKEN_FILES)
 
 
-def test_a_set_from_another_recipe_is_rebuilt(tmp_path):
+def test_a_set_from_another_recipe_is_rebuilt(tmp_path, monkeypatch):
     target = sample.ensure_sample(tmp_path / "s", images_per_photo=2)
     (target / "n02123045" / "stray.JPEG").write_bytes(b"left over")
     sample.ensure_sample(target, images_per_photo=3)
     assert not (target / "n02123045" / "stray.JPEG").exists()
     assert len(_crops(target)) == 3 * len(sample.SOURCE_PHOTOS)
+    monkeypatch.setattr(sample, "NOTE", b"Another note.\n")  # the broken files are part of the recipe
+    sample.ensure_sample(target, images_per_photo=3)
+    assert (target / sample.NOT_AN_IMAGE).read_bytes() == b"Another note.\n"
 
 
 @pytest.mark.parametrize("margin, reach", [(0.5, 125), (0.15, 37)])
