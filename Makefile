@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 OUTPUT_DIR ?= outputs
 PARAMS ?=
 
-.PHONY: install run test bench bench-memory lab weights data clean
+.PHONY: install run test test-fast bench bench-memory lab weights data clean
 MODEL ?= resnet152
 SIZE ?= 160
 
@@ -21,8 +21,11 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 run: install  ## execute the four notebooks in order, offline, into $(OUTPUT_DIR)
 	$(PY) -m helpers.series --output-dir $(OUTPUT_DIR) $(PARAMS)
 
-test: install  ## unit tests, then the notebooks end to end (papermill, then nbval)
+test: install  ## unit tests, then the notebooks end to end (papermill, then nbval); CI and nightly
 	$(PY) -m pytest
+
+test-fast: install  ## the same without clusters, long runs, Ray's ports and the benchmark (a few minutes)
+	$(PY) -m pytest -m "not slow"
 
 bench: install  ## model only vs a bare PyTorch loop vs the Ray Data pipeline, as a table and JSON
 	$(PY) bench/benchmark.py --output $(OUTPUT_DIR)/benchmark.json

@@ -1,24 +1,26 @@
 """Throughput benchmark: the model alone, a bare PyTorch loop, a PyTorch DataLoader loop, and
-the Ray Data pipeline.
+notebook 03 itself (run with papermill, as ``make run`` runs it), locally and from a bucket.
 
-All use the same images, the same model and the same decode/preprocess functions
-as notebook 03, in one invocation, so the ratios say what the pipeline's parallelism
-(actors on every core, reading and writing beside them) is worth on this machine:
+All use the same images, the same model and the same decoding and preprocessing, so the ratios
+say what the pipeline's parallelism (actors on every core, reading and writing beside them)
+is worth on this machine:
 
     python bench/benchmark.py --output outputs/benchmark.json   # or: make bench
 
-Prints a table and writes JSON: images/s for each (the loops and the pipeline at the
-chosen batch size as the median of ``--repeats`` runs, all runs listed), the ratios
-pipeline/bare and pipeline/DataLoader, peak memory (this process and every process it started, Ray's workers
-included), the pipeline's images/s across batch sizes, and the pipeline's images/s from a
-bucket on moto's S3 server on 127.0.0.1, without and with a delay per request
-(``--s3-delay-ms``, 30 by default: a bucket in another region).
+Prints a table and writes JSON: images/s for each (the loops and the notebook at the chosen
+batch size as the median of ``--repeats`` runs, all runs listed), the ratios notebook/bare and
+notebook/DataLoader, peak memory (this process and every process it started, Ray's workers
+included), the notebook's images/s across batch sizes, and the notebook's images/s from a
+bucket on moto's S3 server on 127.0.0.1 holding ``--bucket-folders`` class folders of one
+image each (one listing request per folder, the shape that costs most), without and with a
+delay per request (``--s3-delay-ms``, 30 by default: a bucket in another region).
 
-The loops and the pipeline take turns (bare, pipeline, DataLoader, bare, ...) and each
-ratio is the median of the ratios of runs taken side by side: a shared machine whose
-speed drifts during the benchmark then slows both sides of a pair alike instead of
-favouring whichever ran in the fast minutes. Every timed run starts once the machine is
-quiet; Ray is up, idle, during the loops.
+The loops and the notebook take turns (bare, notebook, DataLoader, bare, ...) and each ratio
+is the median of the ratios of runs taken side by side: a shared machine whose speed drifts
+during the benchmark then slows both sides of a pair alike instead of favouring whichever
+ran in the fast minutes. Every timed run starts once the machine is quiet. The notebook's
+images/s is its steady state (``predictions.json``): from the moment every actor has
+finished a batch to the last batch.
 """
 from __future__ import annotations
 
@@ -27,21 +29,24 @@ import json
 import multiprocessing
 import os
 import platform
-import posixpath
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
-from urllib.parse import urlparse
+from unittest import mock
 
 import numpy as np
-import pandas as pd
 import psutil
 import torch
 
-from helpers import cluster, data, inference, local_s3, settings
-from helpers.cluster import environment
-from helpers.storage import Location
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from folders import one_per_folder  # noqa: E402
+from s3_server import Proxy, moto_s3  # noqa: E402
+
+from helpers import data, models, sample, series, settings  # noqa: E402
+
+NOTEBOOK_03 = next(nb for nb in series.NOTEBOOKS if nb.name.startswith("03"))
 
 
 def _sample_peak(root_pid: int, interval_s: float, peak, stop) -> None:
@@ -101,11 +106,32 @@ def settle(busy_percent: float = 15, timeout_s: float = 20) -> None:
         pass
 
 
-def read_bytes(listing: data.Listing, path: str) -> bytes:
-    return Location(listing.filesystem, path).read_bytes()
+class Predictor:
+    """The model as notebook 03's ``FastClassifier`` runs it on a CPU: channels_last, a traced
+    and frozen graph, ``inference_mode``; uint8 pixels in, top-5 class indices out."""
+
+    def __init__(self, model_name: str):
+        self.preprocessing = models.preprocessing(model_name)
+        model = models.load_model(model_name).to(memory_format=torch.channels_last)
+        size = self.preprocessing.crop_size
+        example = torch.zeros(2, 3, size, size).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated
+            self.model = torch.jit.freeze(torch.jit.trace(model, example))
+
+    def top_k(self, pixels: np.ndarray, k: int = 5) -> np.ndarray:
+        batch = self.preprocessing.normalize(torch.from_numpy(np.ascontiguousarray(pixels)))
+        with torch.inference_mode():
+            return self.model(batch.contiguous(memory_format=torch.channels_last)).topk(k, dim=1).indices.numpy()
 
 
-def model_only(predictor: inference.Predictor, pixels: np.ndarray, batch_size: int) -> float:
+def preprocessed(listing: data.Listing, path: str, spec: models.Preprocessing) -> np.ndarray:
+    """One image file as notebook 03's ``preprocess`` makes it: decoded (at reduced scale where
+    it is large), resized and cropped, uint8."""
+    return spec.resize_and_crop(data.decode_image(listing.read_bytes(path), at_least=spec.resize_size))
+
+
+def model_only(predictor: Predictor, pixels: np.ndarray, batch_size: int) -> float:
     """Images/s of the model on ready uint8 tensors (normalisation included), after a warm-up."""
     predictor.top_k(pixels[:batch_size])
     started = time.perf_counter()
@@ -114,39 +140,34 @@ def model_only(predictor: inference.Predictor, pixels: np.ndarray, batch_size: i
     return len(pixels) / (time.perf_counter() - started)
 
 
-def bare_loop(predictor: inference.Predictor, listing: data.Listing, paths: list[str], batch_size: int) -> float:
+def bare_loop(predictor: Predictor, listing: data.Listing, paths: list[str], batch_size: int) -> float:
     """Images/s of one process doing read, decode, preprocess, infer and top-5, in turn."""
-    spec = predictor.preprocessing
     started = time.perf_counter()
     for start in range(0, len(paths), batch_size):
-        batch = []
-        for path in paths[start:start + batch_size]:
-            image = data.decode_image(read_bytes(listing, path), at_least=spec.resize_size)
-            batch.append(spec.resize_and_crop(image))
-        predictor.top_k(np.stack(batch))
+        predictor.top_k(np.stack([preprocessed(listing, path, predictor.preprocessing)
+                                  for path in paths[start:start + batch_size]]))
     return len(paths) / (time.perf_counter() - started)
 
 
 class PreprocessedImages(torch.utils.data.Dataset):
     """The images of ``paths``, read, decoded and preprocessed as notebook 03 does (uint8)."""
 
-    def __init__(self, listing: data.Listing, paths: list[str], spec):
+    def __init__(self, listing: data.Listing, paths: list[str], spec: models.Preprocessing):
         self.listing, self.paths, self.spec = listing, paths, spec
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        image = data.decode_image(read_bytes(self.listing, self.paths[index]), at_least=self.spec.resize_size)
-        return torch.from_numpy(np.ascontiguousarray(self.spec.resize_and_crop(image)))
+        return torch.from_numpy(np.ascontiguousarray(preprocessed(self.listing, self.paths[index], self.spec)))
 
 
-def dataloader_loop(predictor: inference.Predictor, listing: data.Listing, paths: list[str], batch_size: int,
+def dataloader_loop(predictor: Predictor, listing: data.Listing, paths: list[str], batch_size: int,
                     workers: int) -> float:
     """Steady images/s of the single-machine loop an expert would write: a ``DataLoader``
     whose ``workers`` processes read, decode and preprocess while this process runs the
-    model (the same ``Predictor``: frozen graph, channels_last, all cores' threads). Timed
-    from the first batch, as the pipeline's steady state is (worker start-up left out)."""
+    model (the same ``Predictor``, on all cores' threads). Timed from the first batch, as the
+    notebook's steady state is (worker start-up left out)."""
     loader = torch.utils.data.DataLoader(PreprocessedImages(listing, paths, predictor.preprocessing),
                                          batch_size=batch_size, num_workers=workers,
                                          multiprocessing_context="spawn", prefetch_factor=4)
@@ -158,42 +179,44 @@ def dataloader_loop(predictor: inference.Predictor, listing: data.Listing, paths
     return (len(paths) - batch_size) / (time.perf_counter() - started)
 
 
-def from_a_bucket(listing: data.Listing, paths: list[str], args: argparse.Namespace) -> dict:
-    """Steady images/s of the pipeline reading ``paths`` from a bucket on moto's S3 server on
-    127.0.0.1 through a proxy, without delay and with ``--s3-delay-ms`` per request, on a
-    Ray started for it (its workers get the server's test credentials)."""
+def notebook_03(parameters: dict) -> dict:
+    """Notebook 03 run with papermill on ``parameters`` into a scratch folder: its manifest."""
+    with tempfile.TemporaryDirectory() as output_dir:
+        settle()
+        series.execute_series(output_dir, parameters, notebooks=(NOTEBOOK_03,), progress=False)
+        return json.loads((Path(output_dir) / "predictions.json").read_text())
+
+
+def from_a_bucket(args: argparse.Namespace) -> dict:
+    """Notebook 03's steady images/s on ``--bucket-folders`` class folders of one image each, in
+    a bucket of moto's S3 server on 127.0.0.1 reached through a proxy, without delay and with
+    ``--s3-delay-ms`` per request; each run with a Ray of its own, whose workers reach the
+    bucket through the same proxy."""
     import boto3
 
-    with tempfile.TemporaryDirectory() as output_dir, \
-            local_s3.moto_server(Path(output_dir) / "moto.log") as variables, environment(**variables):
+    with tempfile.TemporaryDirectory() as folder, moto_s3() as variables, mock.patch.dict(os.environ, variables):
+        images = one_per_folder(sample.ensure_sample(), Path(folder), args.bucket_folders)
         client = boto3.client("s3")
         client.create_bucket(Bucket="bench")
-        for path in paths:
-            client.put_object(Bucket="bench", Key=f"images/{posixpath.relpath(path, listing.root)}",
-                              Body=read_bytes(listing, path))
-        plan = inference.plan_actors(cluster.start_or_join(), None)
-        moto = urlparse(variables["AWS_ENDPOINT_URL"])
+        for path in sorted(images.glob("*/*")):
+            client.upload_file(str(path), "bench", f"images/{path.relative_to(images).as_posix()}")
         rates = {}
-        try:
-            for delay_ms in (0, args.s3_delay_ms):
-                with local_s3.LatencyProxy(moto.hostname, moto.port, delay_ms / 1000) as proxy, \
-                        environment(AWS_ENDPOINT_URL=proxy.url):
-                    bucket = data.list_files("s3://bench/images")
-                    cfg = settings.resolve("s3://bench/images", args.model_name, output_dir, None, args.batch_size, None)
-                    settle()
-                    sweep = inference.batch_size_sweep(bucket, cfg, plan, (args.batch_size,), images=len(paths))
-                    rates[delay_ms] = float(sweep["images_per_second"].iloc[0])
-        finally:
-            cluster.stop()
-    return {"delay_ms": args.s3_delay_ms, "no_delay_images_per_second": round(rates[0], 2),
-            "delayed_images_per_second": round(rates[args.s3_delay_ms], 2),
+        for delay_ms in (0, args.s3_delay_ms):
+            with Proxy(variables["AWS_ENDPOINT_URL"], delay_s=delay_ms / 1000) as proxy, \
+                    mock.patch.dict(os.environ, AWS_ENDPOINT_URL=proxy.url):
+                os.environ.pop("RAY_ADDRESS", None)
+                manifest = notebook_03({"data_uri": "s3://bench/images", "batch_size": args.batch_size,
+                                        "model_name": args.model_name})
+                rates[delay_ms] = manifest["images_per_second"]
+    return {"folders": args.bucket_folders, "delay_ms": args.s3_delay_ms, "no_delay_images_per_second": rates[0],
+            "delayed_images_per_second": rates[args.s3_delay_ms],
             "delayed_over_no_delay": round(rates[args.s3_delay_ms] / rates[0], 3)}
 
 
 def run(args: argparse.Namespace) -> dict:
     listing = data.list_files(args.data_uri)
-    paths = data.select_images(listing.images, listing.root, args.limit)
-    listing.images = paths
+    paths = [path for path in data.select_images(listing.images, listing.root, args.limit)
+             if sample.acceptable_labels(path) or args.data_uri != settings.SAMPLE_DATA]  # images that decode
     if len(paths) < 2 * args.batch_size:
         raise SystemExit(f"--batch-size {args.batch_size} needs at least {2 * args.batch_size} images "
                          f"for a steady-state measure, not {len(paths)}: raise --limit or lower --batch-size.")
@@ -202,57 +225,44 @@ def run(args: argparse.Namespace) -> dict:
                     "torch": torch.__version__, "cuda": torch.cuda.is_available()},
         "model_name": args.model_name, "images": len(paths), "batch_size": args.batch_size,
     }
+    notebook = {"data_uri": args.data_uri, "model_name": args.model_name, "limit": args.limit}
     with PeakMemory() as memory:
-        predictor = inference.Predictor(args.model_name)
-        spec = predictor.preprocessing
-        pixels = np.stack([
-            spec.resize_and_crop(data.decode_image(read_bytes(listing, path), spec.resize_size))
-            for path in paths
-        ])
+        predictor = Predictor(args.model_name)
+        pixels = np.stack([preprocessed(listing, path, predictor.preprocessing) for path in paths])
         results["model_only_images_per_second"] = round(model_only(predictor, pixels, args.batch_size), 2)
         del pixels
-
         started = time.perf_counter()
-        ray_cluster = cluster.start_or_join()
-        results["ray_start_seconds"] = round(time.perf_counter() - started, 2)
-        plan = inference.plan_actors(ray_cluster, None)
-        with tempfile.TemporaryDirectory() as output_dir:
-            cfg = settings.resolve(args.data_uri, args.model_name, output_dir, args.limit, args.batch_size, None)
-
-            def pipeline(batch_sizes) -> pd.DataFrame:
-                settle()
-                return inference.batch_size_sweep(listing, cfg, plan, batch_sizes, images=len(paths))
-
+        with series.ray_head(Path(tempfile.mkdtemp()) / "ray-head.log") as variables, \
+                mock.patch.dict(os.environ, variables):
+            results["ray_start_seconds"] = round(time.perf_counter() - started, 2)
             bare, turns, loader = [], [], []
             for _ in range(args.repeats):
                 settle()
                 bare.append(round(bare_loop(predictor, listing, paths, args.batch_size), 2))
-                turns.append(pipeline((args.batch_size,)))
+                turns.append(notebook_03({**notebook, "batch_size": args.batch_size}))
                 settle()
                 loader.append(round(dataloader_loop(predictor, listing, paths, args.batch_size,
                                                     args.loader_workers), 2))
-            others = pipeline(tuple(sorted(set(args.sweep) - {args.batch_size})))
-        cluster.stop()
+            others = {size: notebook_03({**notebook, "batch_size": size})["images_per_second"]
+                      for size in sorted(set(args.sweep) - {args.batch_size})}
         if args.s3_delay_ms:
-            results["s3"] = from_a_bucket(listing, paths, args)
-    chosen = pd.concat(turns, ignore_index=True)
-    results["plan"] = {"actors": plan.num_actors, "threads_per_actor": plan.threads,
-                       "cpus_per_actor": plan.num_cpus, "decodes_in_actors": plan.decodes_in_actors}
+            results["s3"] = from_a_bucket(args)
+    rates = [manifest["images_per_second"] for manifest in turns]
+    results["plan"] = {"actors": turns[0]["num_actors"], "threads_per_actor": turns[0]["threads_per_actor"]}
     results["bare_loop_images_per_second"] = float(np.median(bare))
     results["bare_loop_runs"] = bare
-    results["pipeline_images_per_second"] = float(chosen["images_per_second"].median())
-    results["pipeline_runs"] = chosen["images_per_second"].tolist()
-    results["pipeline_stage_seconds"] = float(chosen["seconds"].median())
-    results["pipeline_over_bare_runs"] = [round(p / b, 3) for p, b in zip(results["pipeline_runs"], bare)]
+    results["pipeline_images_per_second"] = float(np.median(rates))
+    results["pipeline_runs"] = rates
+    results["pipeline_stage_seconds"] = float(np.median([manifest["seconds"] for manifest in turns]))
+    results["pipeline_over_bare_runs"] = [round(p / b, 3) for p, b in zip(rates, bare)]
     results["pipeline_over_bare"] = float(np.median(results["pipeline_over_bare_runs"]))
     results["dataloader_workers"] = args.loader_workers
     results["dataloader_images_per_second"] = float(np.median(loader))
     results["dataloader_runs"] = loader
-    results["pipeline_over_dataloader_runs"] = [round(p / d, 3) for p, d in zip(results["pipeline_runs"], loader)]
+    results["pipeline_over_dataloader_runs"] = [round(p / d, 3) for p, d in zip(rates, loader)]
     results["pipeline_over_dataloader"] = float(np.median(results["pipeline_over_dataloader_runs"]))
-    sweep = pd.concat([chosen, others], ignore_index=True)
-    medians = sweep.groupby("batch_size")["images_per_second"].median()
-    results["pipeline_batch_size_sweep"] = {str(size): float(rate) for size, rate in medians.items()}
+    results["pipeline_batch_size_sweep"] = {str(args.batch_size): results["pipeline_images_per_second"],
+                                            **{str(size): rate for size, rate in others.items()}}
     results["peak_memory_gib"] = round(memory.peak_bytes / 2**30, 2)
     return results
 
@@ -262,24 +272,24 @@ def table(results: dict) -> str:
         ("model only (ready tensors)", results["model_only_images_per_second"]),
         ("bare PyTorch loop", results["bare_loop_images_per_second"]),
         (f"DataLoader, {results['dataloader_workers']} worker(s)", results["dataloader_images_per_second"]),
-        ("Ray Data pipeline (steady)", results["pipeline_images_per_second"]),
+        ("notebook 03 (steady)", results["pipeline_images_per_second"]),
     ]
     lines = [f"{results['model_name']}, {results['images']} images, batch size {results['batch_size']}",
              f"{'':<28} {'images/s':>9}"]
     lines += [f"{name:<28} {value:>9.1f}" for name, value in rows]
     lines.append(f"medians of {len(results['pipeline_runs'])} runs taking turns: bare {results['bare_loop_runs']}, "
-                 f"pipeline {results['pipeline_runs']}; pipeline plan {results['plan']}")
+                 f"notebook {results['pipeline_runs']}; plan {results['plan']}")
     lines.append(f"pipeline / DataLoader: {results['pipeline_over_dataloader']:.2f} "
                  f"(median of {results['pipeline_over_dataloader_runs']}; DataLoader {results['dataloader_runs']})")
     lines.append(f"pipeline / bare loop: {results['pipeline_over_bare']:.2f} (median of {results['pipeline_over_bare_runs']}); "
                  f"peak memory {results['peak_memory_gib']:.2f} GiB; Ray start {results['ray_start_seconds']:.1f} s")
-    lines.append("batch size sweep (pipeline images/s): " + ", ".join(
+    lines.append("batch size sweep (notebook images/s): " + ", ".join(
         f"{size}: {value:.1f}" for size, value in results["pipeline_batch_size_sweep"].items()))
     if "s3" in results:
         s3 = results["s3"]
-        lines.append(f"from a bucket (moto on 127.0.0.1): {s3['no_delay_images_per_second']:.1f} images/s, "
-                     f"{s3['delayed_images_per_second']:.1f} with {s3['delay_ms']} ms per request: "
-                     f"{s3['delayed_over_no_delay']:.2f} of it")
+        lines.append(f"from a bucket of {s3['folders']} class folders (moto on 127.0.0.1): "
+                     f"{s3['no_delay_images_per_second']:.1f} images/s, {s3['delayed_images_per_second']:.1f} with "
+                     f"{s3['delay_ms']} ms per request: {s3['delayed_over_no_delay']:.2f} of it")
     return "\n".join(lines)
 
 
@@ -296,17 +306,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-name", default=settings.OFFLINE_MODEL)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--sweep", type=lambda text: [int(v) for v in text.split(",")], default=[8, 16, 64])
+    parser.add_argument("--sweep", type=lambda text: [int(v) for v in text.split(",") if v], default=[8, 16, 64])
     parser.add_argument("--repeats", type=int, default=3,
-                        help="runs of the bare loop and of the pipeline at --batch-size, taking turns; medians are reported")
+                        help="runs of the loops and of notebook 03 at --batch-size, taking turns; medians are reported")
     parser.add_argument("--loader-workers", type=int, default=1,
                         help="DataLoader worker processes beside the model (which uses every core's threads)")
     parser.add_argument("--s3-delay-ms", type=int, default=30,
-                        help="also run the pipeline from a bucket on 127.0.0.1, with and without this delay "
+                        help="also run notebook 03 from a bucket on 127.0.0.1, with and without this delay "
                              "per request (0: skip)")
+    parser.add_argument("--bucket-folders", type=int, default=1000, help="class folders of one image in the bucket")
     parser.add_argument("--output", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     results = run(args)
     print(table(results))
     print(json.dumps(results, indent=2))

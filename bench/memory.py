@@ -21,18 +21,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import PeakMemory, settle, write_results  # noqa: E402
+from benchmark import NOTEBOOK_03, PeakMemory, settle, write_results  # noqa: E402
+from folders import replicate  # noqa: E402  (benchmark puts tests/ on the path)
 
 from helpers import sample, series  # noqa: E402
-
-NOTEBOOK_03 = next(nb for nb in series.NOTEBOOKS if nb.name.startswith("03"))
 
 
 def peak_of_notebook_03(images: int, workdir: Path) -> dict:
     """Notebook 03 on ``images`` images: its peak memory, seconds and steady images/s."""
     source = sample.ensure_sample()
     copies = math.ceil(images / len(list(source.glob("*/*"))))
-    folder = sample.replicate(source, workdir / f"images-{images}", copies)
+    folder = replicate(source, workdir / f"images-{images}", copies)
     output_dir = workdir / f"outputs-{images}"
     settle()
     started = time.perf_counter()

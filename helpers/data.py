@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import math
 import os
 import tempfile
 from collections import defaultdict
@@ -45,6 +44,14 @@ class Listing:
     root: str
     images: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    @property
+    def in_a_bucket(self) -> bool:
+        return not isinstance(self.filesystem, pyarrow.fs.LocalFileSystem)
+
+    def read_bytes(self, path: str) -> bytes:
+        """One file's bytes, as ``read_binary_files`` reads them."""
+        return Location(self.filesystem, path).read_bytes()
 
 
 def fetch_imagenette(size: str = "160", root: str | Path = PROJECT_ROOT / "data") -> Path:
@@ -138,45 +145,11 @@ def decodable_images(listing: Listing, count: int) -> list[str]:
     clean = []
     for path in select_images(listing.images, listing.root, min(len(listing.images), 2 * count)):
         try:
-            decode_image(Location(listing.filesystem, path).read_bytes())
+            decode_image(listing.read_bytes(path))
         except (UnreadableImage, OSError):
             continue
         clean.append(path)
     return select_images(clean, listing.root, count)
-
-
-def read_image_files(listing: Listing, limit: int | None = None, num_cpus: float | None = None,
-                     files_per_read: int | None = None, min_reads: int = 1,
-                     leave_out: frozenset[str] = frozenset()):
-    """A lazy Ray Dataset of raw ``bytes`` and ``path``, one row per image file.
-
-    ``files_per_read`` sets about how many files each read task (and so each block) holds,
-    in at least ``min_reads`` tasks (one per consumer, so that none idles); Ray picks
-    otherwise. Paths in ``leave_out`` (classified already) are not read.
-    """
-    import ray.data
-
-    paths = [path for path in select_images(listing.images, listing.root, limit) if path not in leave_out]
-    options = {"num_cpus": num_cpus} if num_cpus else {}
-    if files_per_read:
-        options["override_num_blocks"] = min(len(paths), max(math.ceil(len(paths) / files_per_read), min_reads))
-    return ray.data.read_datasource(_threaded_binary_files(paths, listing.filesystem), **options)
-
-
-READ_THREADS_PER_TASK = 8
-
-
-def _threaded_binary_files(paths: list[str], filesystem):
-    """``read_binary_files``'s datasource (with ``include_paths=True``), but each read task
-    reads its files on ``READ_THREADS_PER_TASK`` threads, in order, as Ray's own image
-    datasource does (``read_binary_files`` reads them one after another). From a bucket,
-    each file costs a request's latency (20 to 80 ms far away); on threads those overlap."""
-    from ray.data._internal.datasource.binary_datasource import BinaryDatasource
-
-    class ThreadedBinaryDatasource(BinaryDatasource):
-        _NUM_THREADS_PER_TASK = READ_THREADS_PER_TASK
-
-    return ThreadedBinaryDatasource(paths, include_paths=True, filesystem=filesystem)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -223,49 +196,3 @@ def decode_image(data: bytes, at_least: int | None = None) -> torch.Tensor:
         if isinstance(error, UnreadableImage):
             raise
         raise UnreadableImage(f"corrupt or truncated: {str(error).splitlines()[0][:200]}") from None
-
-
-def decode_row(row: dict, root: str) -> dict:
-    """``ds.map`` step: raw bytes -> ``image`` (H x W x 3 uint8), ``label``, ``path``, ``error``.
-
-    An unreadable file keeps its row, with an empty image and the reason in ``error``.
-    """
-    try:
-        image, error = decode_image(row["bytes"]).permute(1, 2, 0).numpy(), ""
-    except UnreadableImage as unreadable:
-        image, error = np.zeros((1, 1, 3), np.uint8), str(unreadable)
-    return {"image": image, "label": class_folder(row["path"], root), "path": row["path"], "error": error}
-
-
-def read_images(listing: Listing, limit: int | None = None):
-    """A lazy Dataset of decoded ``image``, ``label`` (class folder), ``path`` and ``error``."""
-    return read_image_files(listing, limit).map(decode_row, fn_kwargs={"root": listing.root})
-
-
-def readable(ds):
-    """Only the rows whose image could be decoded."""
-    from ray.data.expressions import col
-
-    return ds.filter(expr=col("error") == "")
-
-
-def take_images(listing: Listing, count: int) -> dict[str, np.ndarray]:
-    """Up to ``count`` readable images, from every class in turn, as one batch ordered by path.
-
-    Ray returns rows in whichever order its tasks finish; sorting makes the batch the same
-    in every run.
-    """
-    batch = readable(read_images(listing, count)).take_batch(count)
-    order = np.argsort(batch["path"], kind="stable")
-    return {column: values[order] for column, values in batch.items()}
-
-
-def _image_size(row: dict) -> dict:
-    height, width = row["image"].shape[:2]
-    return {"label": row["label"], "path": row["path"], "height": height, "width": width,
-            "error": row["error"]}
-
-
-def describe_images(ds):
-    """A pandas table of every image's label, path, height, width and error (pixels dropped)."""
-    return ds.map(_image_size).to_pandas()

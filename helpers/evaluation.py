@@ -12,7 +12,7 @@ import pandas as pd
 
 from helpers import labels
 from helpers.settings import Settings
-from helpers.storage import read_csv, read_json, read_parquet
+from helpers.storage import read_json
 
 OTHER = "(other)"
 
@@ -51,17 +51,6 @@ def check_counts(frame: pd.DataFrame, skipped: pd.DataFrame, manifest: dict) -> 
             f"{len(skipped)} skipped files, but the run recorded {manifest['num_rows']} and "
             f"{manifest['num_skipped']}. Re-run notebook 03_distributed_inference.ipynb."
         )
-
-
-def load_predictions(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """The current run's classified images (by path), its skipped files, and its manifest,
-    checked with ``check_run`` and ``check_counts``."""
-    manifest = check_run(settings)
-    frame = read_parquet([settings.output_dir / name for name in manifest["files"]])
-    skipped = read_csv(settings.output_dir / manifest["skipped_file"], keep_default_na=False)
-    check_counts(frame, skipped, manifest)
-    classified = frame[frame["error"] == ""].sort_values("path", ignore_index=True)
-    return classified, skipped, manifest
 
 
 def add_correctness(frame: pd.DataFrame,

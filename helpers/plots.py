@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
@@ -10,8 +11,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from helpers import sample
 from helpers.data import decode_image, filesystem_and_root, resolve_data_uri
 from helpers.labels import label_to_name
+from helpers.settings import SAMPLE_DATA
 from helpers.storage import Location
 
 
@@ -59,18 +62,29 @@ def misclassified_figure(wrong: pd.DataFrame, data_uri: str) -> plt.Figure:
     return image_grid([load_thumbnail(path, filesystem) for path in wrong["path"]], titles)
 
 
-def predictions_grid(batch: dict, filesystem) -> plt.Figure:
-    """A batch of predictions (``take_batch``) as images, each titled with its top-1 guess,
-    its score and the folder label; a file that could not be decoded shows its reason."""
+def _truth(path: str, label: str, data_uri: str) -> tuple[frozenset[str], str | None]:
+    """The WordNet ids that count as right for an image, and what can mislead a model in it:
+    the sample's hand-chosen sets (``sample.acceptable_labels``), else the folder label."""
+    if data_uri == SAMPLE_DATA and sample.acceptable_labels(path):
+        return sample.acceptable_labels(path), sample.pitfall(path)
+    return frozenset({label}), None
+
+
+def predictions_grid(batch: dict, filesystem, data_uri: str) -> plt.Figure:
+    """A batch of predictions (``take_batch``) as images, each titled with its top-1 guess and
+    score, whether it is right, and for a wrong one what misled the model where that is known;
+    a file that could not be decoded shows its reason."""
     images, titles = [], []
-    for path, label, name, score, error in zip(batch["path"], batch["label"], batch["top1_name"],
-                                               batch["top1_score"], batch["error"]):
+    for path, label, wnid, name, score, error in zip(batch["path"], batch["label"], batch["top1_wnid"],
+                                                     batch["top1_name"], batch["top1_score"], batch["error"]):
         if error:
             images.append(np.full((8, 8, 3), 255, np.uint8))
             titles.append(f"unreadable:\n{error[:40]}")
-        else:
-            images.append(load_thumbnail(path, filesystem))
-            titles.append(f"{name} ({score:.0%})\nfolder: {label_to_name(label)}")
+            continue
+        right, pitfall = _truth(path, label, data_uri)
+        images.append(load_thumbnail(path, filesystem))
+        verdict = "right" if wnid in right else "wrong: " + textwrap.shorten(pitfall or "", 60)
+        titles.append(f"{name} ({score:.0%})\nfolder: {label_to_name(label)}\n" + textwrap.fill(verdict, 28))
     return image_grid(images, titles, columns=len(images))
 
 
@@ -86,17 +100,20 @@ def speed_ups_figure(levers: pd.DataFrame) -> plt.Figure:
     return figure
 
 
-def top5_figure(images: Sequence[np.ndarray], predictions: pd.DataFrame) -> plt.Figure:
-    """Each image beside a bar chart of its five most likely classes and their scores."""
-    figure, axes = plt.subplots(len(images), 2, figsize=(9, 2.3 * len(images)), squeeze=False,
+def top5_figure(images: Sequence[np.ndarray], predictions: pd.DataFrame, data_uri: str) -> plt.Figure:
+    """Each image beside a bar chart of its five most likely classes and their scores; a green
+    bar is a class that counts as right, and a wrong top-1 is captioned with what misled it."""
+    figure, axes = plt.subplots(len(images), 2, figsize=(9, 2.5 * len(images)), squeeze=False,
                                 gridspec_kw={"width_ratios": [1, 1.6]})
     for (image_axis, bar_axis), image, (_, row) in zip(axes, images, predictions.iterrows()):
+        right, pitfall = _truth(row["path"], row["label"], data_uri)
         image_axis.imshow(image)
         image_axis.axis("off")
-        image_axis.set_title(f"folder label: {row['label_name']}", fontsize=9)
+        caption = "" if row["top1_wnid"] in right else "\nwrong: " + textwrap.fill(pitfall or "", 40)
+        image_axis.set_title(f"folder label: {label_to_name(row['label'])}{caption}", fontsize=8)
         names, scores = list(row["top5_name"])[::-1], list(row["top5_score"])[::-1]
-        colors = ["tab:green" if name == row["label_name"] else "tab:gray" for name in names]
-        bar_axis.barh(names, scores, color=colors)
+        wnids = list(row["top5_wnid"])[::-1]
+        bar_axis.barh(names, scores, color=["tab:green" if wnid in right else "tab:gray" for wnid in wnids])
         bar_axis.set_xlim(0, 1)
         bar_axis.set_xlabel("softmax score")
     figure.tight_layout()

@@ -12,7 +12,6 @@ as a real folder holds. It is built once, deterministically, into
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import importlib.util
 import os
 import re
@@ -226,26 +225,3 @@ def ensure_sample(directory: Path = SAMPLE_DIR, images_per_photo: int = IMAGES_P
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return directory
-
-
-def fingerprint(directory: Path) -> str:
-    """SHA-256 over every file's relative path and bytes: equal sets have equal prints."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(directory)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def replicate(directory: Path, target: Path, copies: int) -> Path:
-    """A larger folder: the images of ``directory`` ``copies`` times over, in the same class
-    folders under new names (``<copy>_<name>``), hard-linked where the filesystem allows."""
-    for image in sorted(Path(directory).glob("*/*")):
-        for copy in range(copies):
-            linked = Path(target) / image.parent.name / f"{copy}_{image.name}"
-            linked.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(image, linked)
-            except OSError:
-                shutil.copyfile(image, linked)
-    return Path(target)

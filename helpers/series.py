@@ -2,9 +2,9 @@
 
     python -m helpers.series --output-dir outputs -p limit=50 -p model_name=resnet152
 
-Unless ``RAY_ADDRESS`` names a cluster already, one local Ray instance is started for the
-whole series (on 127.0.0.1, token authentication on) and each notebook joins it, so the
-series pays Ray's start-up once; it is stopped at the end.
+Unless ``RAY_ADDRESS`` names a cluster already, one local Ray head is started for the whole
+series (on 127.0.0.1, token authentication on) and each notebook joins it, so the series
+pays Ray's start-up once; it is stopped at the end.
 """
 from __future__ import annotations
 
@@ -17,30 +17,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
-from helpers import PROJECT_ROOT
-from helpers.cluster import LOOPBACK_ONLY_VARIABLE, ensure_auth_token, environment, free_port
+from helpers import LOOPBACK_ONLY_VARIABLE, PROJECT_ROOT
+from helpers.cluster import ensure_auth_token, free_port
 
 NOTEBOOKS = tuple(sorted((PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")))
 SOLUTIONS = tuple(sorted((PROJECT_ROOT / "notebooks" / "solutions").glob("[0-9][0-9]_solutions.ipynb")))
 CELL_TIMEOUT_S = 1800
-
-
 RAY_START_TIMEOUT_S = 120
-
-
-@contextlib.contextmanager
-def local_ray_head(log_path: Path):
-    """Run ``ray start --head`` on 127.0.0.1 for the duration, with ``RAY_ADDRESS`` and the
-    other variables of ``ray_head`` set; yield its address.
-
-    With ``RAY_ADDRESS`` already set, yields that and starts nothing.
-    """
-    if os.environ.get("RAY_ADDRESS"):
-        yield os.environ["RAY_ADDRESS"]
-        return
-    with ray_head(log_path) as variables, environment(**variables):
-        yield variables["RAY_ADDRESS"]
 
 
 @contextlib.contextmanager
@@ -51,17 +36,16 @@ def ray_head(log_path: Path, stop_timeout_s: float = 60):
     this process's environment (``AWS_*`` for its workers, say). At the end the head gets
     ``stop_timeout_s`` to stop its processes, then they are killed."""
     variables = {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"), LOOPBACK_ONLY_VARIABLE: "0"}
-    port = free_port()
-    with environment(**variables):
+    with mock.patch.dict(os.environ, variables), open(log_path, "ab") as log:
         if variables["RAY_AUTH_MODE"] == "token":
             ensure_auth_token()  # `ray start` needs one, and a new user has none
-        with open(log_path, "ab") as log:
-            head = subprocess.Popen(
-                [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
-                 "--node-ip-address=127.0.0.1", f"--port={port}", "--include-dashboard=true",
-                 "--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}", "--disable-usage-stats"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
+        port = free_port()
+        head = subprocess.Popen(
+            [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+             "--node-ip-address=127.0.0.1", f"--port={port}", "--include-dashboard=true",
+             "--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}", "--disable-usage-stats"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
     try:
         wait_until_started(log_path, head)
         yield {**variables, "RAY_ADDRESS": f"127.0.0.1:{port}"}
@@ -85,51 +69,34 @@ def wait_until_started(log_path: Path, process: subprocess.Popen) -> None:
     raise TimeoutError(f"`ray start` did not start Ray within {RAY_START_TIMEOUT_S} s: see {log_path}")
 
 
-def execute_series(
-    output_dir: str | Path,
-    parameters: dict | None = None,
-    notebooks: tuple[Path, ...] = NOTEBOOKS,
-    progress: bool = True,
-) -> dict[str, float]:
+def execute_series(output_dir: str | Path, parameters: dict | None = None, notebooks: tuple[Path, ...] = NOTEBOOKS,
+                   progress: bool = True) -> dict[str, float]:
     """Run ``notebooks`` in order into ``<output_dir>/notebooks``; return seconds per step.
 
     The notebooks write their outputs into ``output_dir`` too, unless ``parameters`` name
     another ``output_dir`` (an ``s3://`` URI, say); executed notebooks and logs stay here.
-
-    Ray Data's progress bars are turned off in the kernels: executed notebooks stay readable.
     """
-    output_dir = Path(output_dir).resolve()
-    executed_dir = output_dir / "notebooks"
-    executed_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "logs").mkdir(exist_ok=True)
-    os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
-    seconds = {}
-    started = time.perf_counter()
-    with local_ray_head(output_dir / "logs" / "ray-head.log"):
-        seconds["ray_start"] = round(time.perf_counter() - started, 1)
-        seconds.update(_execute_each(notebooks, executed_dir, output_dir, parameters, progress))
-    return seconds
-
-
-def _execute_each(notebooks, executed_dir: Path, output_dir: Path, parameters: dict | None,
-                  progress: bool) -> dict[str, float]:
     import papermill
 
-    seconds = {}
-    for notebook in notebooks:
-        started = time.perf_counter()
-        papermill.execute_notebook(
-            str(notebook),
-            str(executed_dir / notebook.name),
-            parameters={"output_dir": str(output_dir), **(parameters or {})},
-            kernel_name="python3",
-            cwd=str(notebook.parent),
-            progress_bar=progress,
-            execution_timeout=CELL_TIMEOUT_S,
-        )
-        seconds[notebook.stem] = round(time.perf_counter() - started, 1)
-        if progress:
-            print(f"{notebook.stem}: {seconds[notebook.stem]:.1f} s", flush=True)
+    output_dir = Path(output_dir).resolve()
+    (output_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+    (output_dir / "logs").mkdir(exist_ok=True)
+    started = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        if not os.environ.get("RAY_ADDRESS"):
+            variables = stack.enter_context(ray_head(output_dir / "logs" / "ray-head.log"))
+            stack.enter_context(mock.patch.dict(os.environ, variables))
+        seconds = {"ray_start": round(time.perf_counter() - started, 1)}
+        for notebook in notebooks:
+            started = time.perf_counter()
+            papermill.execute_notebook(
+                str(notebook), str(output_dir / "notebooks" / notebook.name),
+                parameters={"output_dir": str(output_dir), **(parameters or {})}, kernel_name="python3",
+                cwd=str(notebook.parent), progress_bar=progress, execution_timeout=CELL_TIMEOUT_S,
+            )
+            seconds[notebook.stem] = round(time.perf_counter() - started, 1)
+            if progress:
+                print(f"{notebook.stem}: {seconds[notebook.stem]:.1f} s", flush=True)
     return seconds
 
 

@@ -117,7 +117,7 @@ def _check_output_dir(output_dir) -> Location:
         probe = location / f".write-check-{uuid.uuid4().hex[:8]}"
         probe.write_bytes(b"")
         probe.delete()
-    except OSError as error:
+    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid (a bad URI) is a ValueError
         fix = s3_hint() if remote else "Choose a folder you can write to."
         raise SettingsError(
             f"output_dir={str(output_dir)!r} is not writable ({str(error).splitlines()[0]}). {fix}"

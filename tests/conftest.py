@@ -1,11 +1,9 @@
 import os
 import shutil
 import tempfile
+from unittest import mock
 
 import pytest
-
-# Executed notebooks and test logs stay free of Ray Data's progress output.
-os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
 
 # The tests run as a new user would, never with the developer's state: a fresh, empty home
 # (Ray's ~/.ray and its token, ~/.cache, Jupyter's and matplotlib's folders) for the whole
@@ -36,34 +34,34 @@ def local_top1():
     """The top-1 WordNet ids the model gives local image files, preprocessed as notebook 3 does:
     ``local_top1(paths, model_name)``; what a pipeline's predictions are checked against."""
     import numpy as np
+    import torch
 
-    from helpers import data, inference, labels, models
+    from helpers import data, labels, models
 
     def top1(paths, model_name: str) -> list[str]:
         spec = models.preprocessing(model_name)
         pixels = np.stack([spec.resize_and_crop(data.decode_image(path.read_bytes(), at_least=spec.resize_size))
                            for path in paths])
-        _, indices = inference.Predictor(model_name).top_k(pixels)
-        return [labels.index_to_wnid(int(index)) for index in indices[:, 0]]
+        with torch.inference_mode():
+            logits = models.load_model(model_name)(spec.normalize(torch.from_numpy(pixels)))
+        return [labels.index_to_wnid(int(index)) for index in logits.argmax(dim=1)]
 
     return top1
 
 
 @pytest.fixture(scope="session")
-def moto_server(tmp_path_factory) -> dict[str, str]:
+def moto_server() -> dict[str, str]:
     """A moto S3 server on 127.0.0.1 for the whole session; yields the AWS variables for it."""
-    from helpers import local_s3
+    from s3_server import moto_s3
 
-    with local_s3.moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as variables:
+    with moto_s3() as variables:
         yield variables
 
 
 @pytest.fixture(scope="module")
 def s3_endpoint(moto_server) -> str:
     """Within a test module: the AWS variables point at the moto server (yields its URL)."""
-    from helpers.cluster import environment
-
-    with environment(**moto_server):
+    with mock.patch.dict(os.environ, moto_server):
         yield moto_server["AWS_ENDPOINT_URL"]
 
 
@@ -71,14 +69,13 @@ def s3_endpoint(moto_server) -> str:
 def series_ray(moto_server, tmp_path_factory) -> dict[str, str]:
     """One Ray head (the series' own kind) for every series the tests run, which would each
     start and stop one (20 to 30 s here); its workers reach the moto server. Yields the
-    variables that make a series join it: ``with environment(**series_ray): ...``."""
+    variables that make a series join it: ``with mock.patch.dict(os.environ, series_ray): ...``."""
     import contextlib
 
     from helpers import series
-    from helpers.cluster import environment
 
     with contextlib.ExitStack() as stack:
-        with environment(**moto_server):  # what the head's workers inherit
+        with mock.patch.dict(os.environ, moto_server):  # what the head's workers inherit
             log = tmp_path_factory.mktemp("series-ray") / "ray-head.log"
             variables = stack.enter_context(series.ray_head(log, stop_timeout_s=5))  # then killed: nothing to keep
         yield variables
@@ -94,10 +91,9 @@ def executed(tmp_path_factory, sample_dir, series_ray):
     from pathlib import Path
 
     from helpers import series
-    from helpers.cluster import environment
 
     kept = os.environ.get("TEST_OUTPUT_DIR")
     output_dir = Path(kept).resolve() if kept else tmp_path_factory.mktemp("series")
-    with environment(**series_ray):
-        seconds = series.execute_series(output_dir, {"limit": SERIES_LIMIT}, progress=False)
+    with mock.patch.dict(os.environ, series_ray):
+        seconds = series.execute_series(output_dir, {"limit": SERIES_LIMIT, "batch_size": 8}, progress=False)
     return output_dir, seconds

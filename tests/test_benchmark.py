@@ -8,12 +8,14 @@ import pytest
 from helpers import PROJECT_ROOT
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
 def test_a_small_benchmark_writes_every_number(tmp_path):
     output = tmp_path / "benchmark.json"
     result = subprocess.run(
         [sys.executable, str(PROJECT_ROOT / "bench" / "benchmark.py"), "--limit", "32", "--batch-size", "8",
-         "--sweep", "8", "--repeats", "2", "--output", str(output)],
-        capture_output=True, text=True, timeout=600,
+         "--sweep", "8", "--repeats", "2", "--bucket-folders", "40", "--output", str(output)],
+        capture_output=True, text=True, timeout=1200,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "pipeline / bare loop" in result.stdout
@@ -32,6 +34,7 @@ def test_a_small_benchmark_writes_every_number(tmp_path):
     pairs = [round(p / d, 3) for p, d in zip(results["pipeline_runs"], results["dataloader_runs"])]
     assert results["pipeline_over_dataloader_runs"] == pairs and "pipeline / DataLoader" in result.stdout
     s3 = results["s3"]
-    assert s3["delay_ms"] == 30 and s3["no_delay_images_per_second"] > 0 and s3["delayed_images_per_second"] > 0
+    assert s3["delay_ms"] == 30 and s3["folders"] == 40
+    assert s3["no_delay_images_per_second"] > 0 and s3["delayed_images_per_second"] > 0
     assert s3["delayed_over_no_delay"] == pytest.approx(s3["delayed_images_per_second"] / s3["no_delay_images_per_second"], abs=0.01)
     assert "with 30 ms per request" in result.stdout

@@ -80,21 +80,17 @@ def _write_run(cfg, rows=3, recorded=3):
          "skipped_file": "predictions/run1/skipped.csv", "num_skipped": 2}))
 
 
-def test_load_predictions_reads_a_complete_run(tmp_path):
-    cfg = settings.resolve(output_dir=tmp_path)
-    _write_run(cfg)
-    frame, skipped, manifest = evaluation.load_predictions(cfg)
-    assert list(frame["path"]) == ["b", "c"]  # the unreadable row is not evaluated
-    assert len(skipped) == 2 and manifest["run_id"] == "run1"
-
-
-def test_load_predictions_refuses_missing_partial_and_mismatched_runs(tmp_path):
+def test_check_run_and_check_counts_refuse_missing_partial_and_mismatched_runs(tmp_path):
     cfg = settings.resolve(output_dir=tmp_path)
     with pytest.raises(evaluation.PredictionsError, match="run notebook 03"):
-        evaluation.load_predictions(cfg)
+        evaluation.check_run(cfg)
     _write_run(cfg, rows=3, recorded=4)
+    manifest = evaluation.check_run(cfg)
+    frame = pd.read_parquet(Path(cfg.predictions_dir.path) / "run1" / "part-0.parquet")
+    skipped = pd.read_csv(Path(cfg.predictions_dir.path) / "run1" / "skipped.csv")
     with pytest.raises(evaluation.PredictionsError, match="hold 3 rows and 2 skipped files, but the run recorded 4"):
-        evaluation.load_predictions(cfg)
+        evaluation.check_counts(frame, skipped, manifest)
+    evaluation.check_counts(frame, skipped, {**manifest, "num_rows": 3})
     (cfg.predictions_dir / "run1" / "part-0.parquet").delete()
     with pytest.raises(evaluation.PredictionsError, match="1 file.s. missing"):
-        evaluation.load_predictions(cfg)
+        evaluation.check_run(cfg)

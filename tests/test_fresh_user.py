@@ -7,12 +7,12 @@ import time
 
 import pytest
 
-from helpers import cluster, series
+from helpers import cluster, data, inference, ray_workarounds, runs, series, settings
 
 JOIN = """
 from helpers import cluster
 info = cluster.start_or_join()
-print("joined", info.nodes, info.cpus)
+print("joined", len(info.node_sizes), info.cpus)
 """
 
 
@@ -64,11 +64,12 @@ def test_the_series_starts_ray_for_a_new_user(new_home, tmp_path, monkeypatch):
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     log = tmp_path / "ray-head.log"
     started = time.monotonic()
-    with series.local_ray_head(log) as address:
+    with series.ray_head(log) as variables:
         token_file = new_home / ".ray" / "auth_token"
         assert token_file.is_file() and _mode(token_file) == 0o600
-        assert os.environ["RAY_ADDRESS"] == address and os.environ["RAY_AUTH_MODE"] == "token"
-        joined = subprocess.run([sys.executable, "-c", JOIN], capture_output=True, text=True, timeout=300)
+        assert variables["RAY_AUTH_MODE"] == "token" and variables["RAY_ADDRESS"].startswith("127.0.0.1:")
+        joined = subprocess.run([sys.executable, "-c", JOIN], capture_output=True, text=True, timeout=300,
+                                env={**os.environ, **variables})
     assert joined.returncode == 0, joined.stderr[-3000:]
     assert "joined 1" in joined.stdout, (joined.stdout, joined.stderr[-2000:])
     token = token_file.read_text()
@@ -112,30 +113,35 @@ def local_ray():
         ray.shutdown()
     cluster.start_or_join()
     yield
-    cluster.stop()
+    ray.shutdown()
 
 
 @pytest.mark.timeout(600)  # a run that waits for CPUs a failed run still holds hangs
 @pytest.mark.parametrize(("delay", "fail_at"), [(0.0, 0), (1.5, 0), (0.0, 30), (1.5, 30)])
-def test_a_failed_run_leaves_no_actor_and_no_cpu_behind(local_ray, tmp_path, delay, fail_at):
+def test_a_failed_run_leaves_no_actor_and_no_cpu_behind_and_keeps_its_files(local_ray, tmp_path, delay, fail_at):
+    """``run.writing`` around a write that fails: its error, unchanged but for a note; every
+    actor gone and every CPU free at once; and the complete files kept for the next run."""
     import ray
 
     folder = tmp_path / "files"
     folder.mkdir()
     for i in range(48):
-        (folder / f"f{i:03d}.bin").write_bytes(os.urandom(1000))
+        (folder / f"n01440764/f{i:03d}.jpg").parent.mkdir(exist_ok=True)
+        (folder / f"n01440764/f{i:03d}.jpg").write_bytes(os.urandom(1000))
+    cfg = settings.resolve(str(folder), output_dir=str(tmp_path / "outputs"))
+    plan = inference.plan_actors(cluster.describe(), None)
+    run = runs.open_run(cfg, data.list_files(cfg.data_uri))
     with pytest.raises(Exception) as raised:
-        with cluster.releasing_actors():
-            _pipeline(folder, str(folder / f"f{fail_at:03d}.bin"), delay).write_parquet(
-                str(tmp_path / "failed"), ray_remote_args={"num_cpus": 1})
-    assert "killed midway" in str(raised.value)  # the block's own error, unchanged
+        with run.writing(_pipeline, plan=plan):
+            _pipeline(folder, str(folder / f"n01440764/f{fail_at:03d}.jpg"), delay).write_parquet(
+                run.path, ray_remote_args={"num_cpus": 1})
+    assert "killed midway" in str(raised.value)  # the block's own error
+    assert "The rows in complete files of" in " ".join(raised.value.__notes__)
     assert ray.available_resources().get("CPU") == ray.cluster_resources()["CPU"]
-    assert not [actor for actor in ray._private.state.actors().values()
-                if actor["State"] != "DEAD" and actor["ActorClassName"].startswith("MapWorker")]
+    assert not ray_workarounds.live_actors()
+    assert run.location.exists() and (run.location / runs.RUN_RECORD).exists()
 
     started = time.monotonic()
-    with cluster.releasing_actors():
-        _pipeline(folder, None).write_parquet(str(tmp_path / "complete"), ray_remote_args={"num_cpus": 1})
+    _pipeline(folder, None).write_parquet(str(tmp_path / "complete"), ray_remote_args={"num_cpus": 1})
     assert len(list((tmp_path / "complete").glob("*.parquet"))) >= 1
-    assert ray.available_resources().get("CPU") == ray.cluster_resources()["CPU"]
     assert time.monotonic() - started < 120

@@ -1,8 +1,8 @@
-"""Long runs: notebook 03 killed midway (its kernel, with SIGKILL) resumes where it stopped.
+"""Long runs: notebook 03 killed half way (its kernel, SIGKILL), then stopped during the resume
+(SIGINT to the kernel, as Jupyter's Stop button sends), then run to the end: nothing written is
+lost, and every image is classified once.
 
 The helpers that run notebook 03 in the background serve the lost-node test of test_cluster too."""
-import dataclasses
-import io
 import json
 import os
 import shutil
@@ -11,29 +11,31 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import pandas as pd
 import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import inference, sample, series, settings, storage
-from helpers.cluster import environment
+from folders import replicate
+from helpers import sample, series
 
 NOTEBOOK_03 = next(nb for nb in series.NOTEBOOKS if nb.name.startswith("03"))
 COPIES = 2  # of the sample (504 crops, 3 broken files): a folder of 1,014 files
 
 
-def rows_written(output_dir: Path, run_id: str | None) -> int:
-    """Rows in the complete Parquet files of the runs other than ``run_id`` (the complete one)."""
-    rows = 0
+def complete_files(output_dir: Path, run_id: str | None) -> dict[str, int]:
+    """The complete Parquet files of the runs other than ``run_id`` (the complete one), with
+    their rows."""
+    files = {}
     for file in (output_dir / "predictions").glob("*/*.parquet"):
         if file.parent.name != run_id:
             try:
-                rows += pq.read_metadata(file).num_rows
+                files[str(file)] = pq.read_metadata(file).num_rows
             except (OSError, ValueError):  # being written
                 pass
-    return rows
+    return files
 
 
 def start_notebook_03(output_dir: Path, parameters: dict, env: dict, log: Path) -> subprocess.Popen:
@@ -49,111 +51,74 @@ def start_notebook_03(output_dir: Path, parameters: dict, env: dict, log: Path) 
 
 
 def wait_for_rows(rows: int, output_dir: Path, papermill: subprocess.Popen, log: Path, timeout_s: float = 600) -> None:
-    """Return once the run in progress has written at least ``rows`` rows."""
+    """Return once the runs in progress hold at least ``rows`` rows in complete files."""
     manifest = output_dir / "predictions.json"
-    complete = json.loads(manifest.read_text())["run_id"] if manifest.exists() else None
+    current = json.loads(manifest.read_text())["run_id"] if manifest.exists() else None
     deadline = time.monotonic() + timeout_s
-    while rows_written(output_dir, complete) < rows:
+    while sum(complete_files(output_dir, current).values()) < rows:
         assert papermill.poll() is None, f"notebook 03 ended before {rows} rows were written: see {log}"
         assert time.monotonic() < deadline, f"{rows} rows not written in {timeout_s} s: see {log}"
         time.sleep(0.2)
 
 
-def kill_notebook_03_after(rows: int, output_dir: Path, parameters: dict, env: dict, log: Path) -> None:
-    """Run notebook 03 and SIGKILL its kernel (the Ray driver) once the run has written at
-    least ``rows`` rows; papermill goes with it."""
-    papermill = start_notebook_03(output_dir, parameters, env, log)
-    try:
-        wait_for_rows(rows, output_dir, papermill, log)
-        kernels = [child for child in psutil.Process(papermill.pid).children(recursive=True)
-                   if "ipykernel" in " ".join(child.cmdline())]
-        assert kernels, "no kernel found under papermill"
-        for kernel in kernels:
-            kernel.send_signal(signal.SIGKILL)
-    finally:
-        os.killpg(papermill.pid, signal.SIGKILL)
-        papermill.wait(timeout=30)
+def kernel_of(papermill: subprocess.Popen) -> psutil.Process:
+    kernels = [child for child in psutil.Process(papermill.pid).children(recursive=True)
+               if "ipykernel" in " ".join(child.cmdline())]
+    assert len(kernels) == 1, kernels
+    return kernels[0]
 
 
-@pytest.mark.timeout(1200)
-def test_a_killed_run_resumes_and_classifies_only_what_was_left(sample_dir, executed, series_ray, tmp_path):
-    folder = sample.replicate(sample_dir, tmp_path / "images", COPIES)
-    total = COPIES * len(list(sample_dir.glob("*/*")))
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_killed_then_stopped_then_run_to_the_end_loses_nothing(sample_dir, executed, series_ray, tmp_path):
+    folder = replicate(sample_dir, tmp_path / "images", COPIES)
+    total = len(list(folder.glob("*/*")))
     assert total >= 1000
     output_dir = tmp_path / "outputs"
     shutil.copytree(executed[0], output_dir, ignore=shutil.ignore_patterns("notebooks", "logs", "figures"))
-    earlier = storage.read_json(storage.Location.parse(output_dir / "predictions.json"))
-    parameters = {"data_uri": str(folder)}
+    earlier = json.loads((output_dir / "predictions.json").read_text())
+    parameters, env = {"data_uri": str(folder)}, {**os.environ, **series_ray}
 
-    env = {**os.environ, **series_ray}
-    kill_notebook_03_after(total // 2, output_dir, parameters, env, tmp_path / "killed.log")
-
-    # The last complete run is still what predictions.json names, and readable.
-    assert json.loads((output_dir / "predictions.json").read_text()) == earlier
+    # 1. Killed half way: the kernel (the Ray driver) dies with SIGKILL.
+    papermill = start_notebook_03(output_dir, parameters, env, tmp_path / "killed.log")
+    try:
+        wait_for_rows(total // 2, output_dir, papermill, tmp_path / "killed.log")
+        kernel_of(papermill).send_signal(signal.SIGKILL)
+    finally:
+        os.killpg(papermill.pid, signal.SIGKILL)
+        papermill.wait(timeout=30)
+    killed = complete_files(output_dir, earlier["run_id"])
+    assert json.loads((output_dir / "predictions.json").read_text()) == earlier  # still the last complete run
     assert len(pd.read_parquet([output_dir / file for file in earlier["files"]])) == earlier["num_rows"]
 
-    with environment(**series_ray):
+    # 2. The resume is stopped once it has written more, as Jupyter's Stop button does it.
+    log = tmp_path / "stopped.log"
+    papermill = start_notebook_03(output_dir, parameters, env, log)
+    try:
+        wait_for_rows(sum(killed.values()) + 64, output_dir, papermill, log)
+        kernel_of(papermill).send_signal(signal.SIGINT)
+        assert papermill.wait(timeout=300) != 0  # the write cell ends with KeyboardInterrupt
+    finally:
+        if papermill.poll() is None:
+            os.killpg(papermill.pid, signal.SIGKILL)
+    stopped = complete_files(output_dir, earlier["run_id"])
+    assert set(killed) < set(stopped)  # the killed run's files, and the stopped run's own
+    text = (output_dir / "running.ipynb").read_text()
+    assert "Resuming run" in text and "KeyboardInterrupt" in text and "are kept" in text
+
+    # 3. Run to the end: it resumes, and keeps every file written before the Stop.
+    with mock.patch.dict(os.environ, series_ray):
         series.execute_series(output_dir, parameters, notebooks=(NOTEBOOK_03,), progress=False)
     manifest = json.loads((output_dir / "predictions.json").read_text())
-    assert total // 2 <= manifest["resumed_rows"] < total
+    assert {str(output_dir / file) for file in manifest["files"]} >= set(stopped)
+    assert manifest["resumed_rows"] == sum(stopped.values())
     assert manifest["num_rows"] == total and manifest["num_images"] == total - COPIES * len(sample.BROKEN_FILES)
     predictions = pd.read_parquet([output_dir / file for file in manifest["files"]])
     assert len(predictions) == predictions["path"].nunique() == total
     assert set(predictions["path"]) == {str(path) for path in folder.glob("*/*")}
     assert [path.name for path in (output_dir / "predictions").iterdir()] == [manifest["run_id"]]
-
-    # Copies of an image have the same bytes: the killed run and its resumption agree on them.
+    # Copies of an image have the same bytes: the three runs agree on them.
     predictions["image"] = predictions["path"].str.replace(r"/\d+_([^/]+)$", r"/\1", regex=True)
     assert (predictions.groupby("image")["top1_wnid"].nunique(dropna=False) == 1).all()  # None for a broken file
-
     notebook = (output_dir / "notebooks" / NOTEBOOK_03.name).read_text()
-    assert f"Resuming the killed run {manifest['run_id']}: {manifest['resumed_rows']} images" in notebook
-    left = total - manifest["resumed_rows"]
-    assert f"{manifest['resumed_rows']} rows written by a killed run that this run resumed; {left}" in notebook
-
-
-@pytest.mark.parametrize("where", ["local", "s3"])
-def test_killed_run_is_the_unfinished_run_with_the_same_settings(where, tmp_path, request, monkeypatch):
-    if where == "s3":
-        import boto3
-
-        request.getfixturevalue("s3_endpoint")
-        boto3.client("s3").create_bucket(Bucket="resume")
-        output = "s3://resume/outputs"
-    else:
-        output = str(tmp_path / "outputs")
-    cfg = settings.resolve("sample", settings.OFFLINE_MODEL, output, 10, 32, None)
-    other = dataclasses.replace(cfg, limit=20)
-
-    def run_folder(run_id: str, settings_of, *files: list[str]) -> storage.Location:
-        folder = cfg.predictions_dir / run_id
-        storage.write_json(folder / inference.RUN_RECORD, {"data_uri": settings_of.data_uri,
-                                                          "model_name": settings_of.model_name,
-                                                          "limit": settings_of.limit})
-        for number, paths in enumerate(files):
-            parquet = io.BytesIO()
-            pd.DataFrame({"path": paths, "top1_wnid": "n01440764"}).to_parquet(parquet)
-            (folder / f"part-{number}.parquet").write_bytes(parquet.getvalue())
-        return folder
-
-    assert inference.killed_run(cfg) is None
-    complete = run_folder("20261126-100000-aaaaaa", cfg, ["a/1.jpg"])
-    storage.write_json(cfg.predictions_manifest, {"run_id": complete.name})
-    assert inference.killed_run(cfg) is None  # the complete run is no killed run
-
-    killed = run_folder("20261126-110000-bbbbbb", cfg, ["a/1.jpg", "a/2.jpg"], ["b/3.jpg"])
-    whole = (killed / "part-1.parquet").read_bytes()
-    (killed / "part-2.parquet").write_bytes(whole[: len(whole) // 2])  # cut off mid-write
-    run_folder("20261126-120000-cccccc", other, ["a/9.jpg"])
-
-    found = inference.killed_run(cfg)
-    assert found.location.name == killed.name and found.classified == {"a/1.jpg", "a/2.jpg", "b/3.jpg"}
-    assert sorted(child.name for child in killed.children()) == ["part-0.parquet", "part-1.parquet", "run.json"]
-    assert inference.killed_run(other).classified == {"a/9.jpg"}
-
-    # A dataset read when the killed run had classified fewer images would repeat some.
-    monkeypatch.setitem(inference._left_out_by_read, str(cfg.predictions_dir), frozenset({"a/1.jpg"}))
-    with pytest.raises(RuntimeError, match="had classified 1 of its images; now 3 are"):
-        with inference.new_run(cfg, listing=None, plan=None):
-            pass
-    assert sorted(child.name for child in killed.children()) == ["part-0.parquet", "part-1.parquet", "run.json"]
+    assert f"Resuming run {manifest['run_id']}: {sum(stopped.values())} of {total} images" in notebook

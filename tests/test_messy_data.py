@@ -9,6 +9,7 @@ writes its outputs back there: bad input and S3, in and out, in one run.
 import io
 import json
 import math
+import os
 import posixpath
 import struct
 import traceback
@@ -16,6 +17,7 @@ import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 import nbformat
 import numpy as np
@@ -24,8 +26,8 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import data, evaluation, inference, sample, series, settings, storage
-from helpers.cluster import environment
+import ray
+from helpers import data, evaluation, inference, runs, sample, series, settings, storage
 from helpers.data import UnreadableImage
 from helpers.storage import Location
 
@@ -413,7 +415,7 @@ def series_output(messy_bucket, series_ray, tmp_path_factory) -> SeriesOnS3:
     """The four notebooks on the messy bucket, writing their outputs back into it."""
     local = tmp_path_factory.mktemp("messy-series")
     outputs = f"s3://{MESSY_BUCKET}/outputs"
-    with environment(**series_ray):
+    with mock.patch.dict(os.environ, series_ray):
         series.execute_series(local, {"data_uri": messy_bucket, "output_dir": outputs, "batch_size": 8},
                               progress=False)
     return SeriesOnS3(messy_bucket, Location.parse(outputs), local)
@@ -517,49 +519,79 @@ def test_executed_notebooks_hold_no_errors(series_output):
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(series_output):
-    """Ray in this process, only once the notebooks (each with its own Ray) are done."""
+def ray_here(series_output):
+    """Ray in this process, only once the notebooks (each joining the series' Ray) are done."""
     from helpers import cluster
 
     info = cluster.start_or_join()
     yield info
-    cluster.stop()
+    ray.shutdown()
+
+
+class Stub:
+    """A classifier for the runs' machinery, not for the predictions: always *tench*."""
+
+    def __call__(self, batch: dict) -> dict:
+        ok = batch["error"] == ""
+        return inference.describe_predictions(np.ones((ok.sum(), 5), np.float32), np.zeros((ok.sum(), 5), int), ok,
+                                              path=batch["path"], label=batch["label"], error=batch["error"])
+
+
+def _load(cfg) -> tuple[pd.DataFrame, dict]:
+    manifest = evaluation.check_run(cfg)
+    return storage.read_parquet([cfg.output_dir / name for name in manifest["files"]]), manifest
 
 
 @pytest.mark.timeout(600)  # a run that waits for CPUs a failed run still holds hangs
-def test_a_failed_rerun_keeps_the_previous_predictions(messy, series_output, ray_cluster):
+def test_a_failed_rerun_keeps_the_previous_predictions_and_its_own_files(messy, series_output, ray_here):
     cfg = settings.resolve(data_uri=series_output.data_uri, output_dir=str(series_output.outputs), batch_size=8)
     manifest_before = cfg.predictions_manifest.read_text()
-    frame_before, skipped_before, manifest = evaluation.load_predictions(cfg)
-    plan = inference.plan_actors(ray_cluster, None)
+    frame_before, manifest = _load(cfg)
+    plan = inference.plan_actors(ray_here, None, reads_from_a_bucket=True)
     listing = data.list_files(cfg.data_uri)
-
     midway = listing.images[len(listing.images) // 2]
+
+    def decode(row: dict) -> dict:
+        try:
+            data.decode_image(row["bytes"])
+            error = ""
+        except data.UnreadableImage as unreadable:
+            error = str(unreadable)
+        return {"path": row["path"], "label": data.class_folder(row["path"], listing.root), "error": error}
 
     def killed_midway(row: dict) -> dict:  # local, so that Ray's workers get it by value
         if row["path"] >= midway:
             raise RuntimeError(f"killed midway, at {row['path']}")
-        return row
+        return decode(row)
 
-    failing = inference.build_pipeline(listing, cfg, plan).map(killed_midway)
+    def write(run, preprocess) -> None:
+        with run.writing(Stub, preprocess, plan=plan):
+            ray.data.read_binary_files(run.to_read, filesystem=listing.filesystem, include_paths=True,
+                                       num_cpus=plan.read_cpus).map(preprocess).map_batches(
+                Stub, batch_size=2, compute=ray.data.ActorPoolStrategy(size=plan.num_actors), num_cpus=plan.num_cpus
+            ).write_parquet(run.path, filesystem=run.filesystem, ray_remote_args={"num_cpus": plan.task_cpus})
+
+    failed = runs.open_run(cfg, listing)
     with pytest.raises(Exception) as raised:  # whatever Ray wraps it in
-        inference.run_batch_inference(failing, listing, cfg, plan)
+        write(failed, killed_midway)
     assert "killed midway" in "".join(traceback.format_exception(raised.value))
-    del failing, raised
+    del raised
 
     assert cfg.predictions_manifest.read_text() == manifest_before
-    assert all((cfg.output_dir / name).exists() for name in [*manifest["files"], manifest["skipped_file"]])
-    frame_after, skipped_after, manifest_after = evaluation.load_predictions(cfg)
+    frame_after, manifest_after = _load(cfg)
     assert manifest_after["run_id"] == manifest["run_id"]
     pd.testing.assert_frame_equal(frame_after, frame_before)
-    pd.testing.assert_frame_equal(skipped_after, skipped_before)
+    assert failed.location.exists()  # its complete files are kept, until a run completes
 
-    # The next complete run replaces it, and leaves neither the old nor the broken run behind.
-    summary = inference.run_batch_inference(inference.build_pipeline(listing, cfg, plan), listing, cfg, plan)
-    assert summary.run_id != manifest["run_id"] and summary.num_images == len(messy.readable)
+    # The next complete run (a new one: the last failed in its code) replaces both.
+    fresh = runs.open_run(cfg, listing)
+    assert fresh.location.name != failed.location.name and fresh.to_read == listing.images
+    write(fresh, decode)
+    summary = fresh.publish()
+    assert summary.num_images == len(messy.readable) and summary.num_skipped == len(messy.skipped)
     assert [p.name for p in cfg.predictions_dir.children()] == [summary.run_id]
-    frame_new, _, _ = evaluation.load_predictions(cfg)
-    assert list(frame_new["path"]) == list(frame_before["path"])
+    frame_new, _ = _load(cfg)
+    assert sorted(frame_new["path"]) == sorted(frame_before["path"])
 
 
 def test_a_run_whose_skipped_list_is_missing_or_miscounted_is_refused(series_output, tmp_path):
@@ -572,9 +604,11 @@ def test_a_run_whose_skipped_list_is_missing_or_miscounted_is_refused(series_out
         (copy / name).write_bytes((out / name).read_bytes())
     cfg = settings.resolve(output_dir=str(copy))
     cfg.predictions_manifest.write_text(json.dumps({**manifest, "num_skipped": manifest["num_skipped"] + 1}))
+    frame, _ = _load(cfg)
+    skipped = storage.read_csv(cfg.output_dir / manifest["skipped_file"], keep_default_na=False)
     with pytest.raises(evaluation.PredictionsError, match="but the run recorded"):
-        evaluation.load_predictions(cfg)
+        evaluation.check_counts(frame, skipped, storage.read_json(cfg.predictions_manifest))
     cfg.predictions_manifest.write_text(json.dumps(manifest))
     (copy / manifest["skipped_file"]).unlink()
     with pytest.raises(evaluation.PredictionsError, match=r"1 file\(s\) missing"):
-        evaluation.load_predictions(cfg)
+        evaluation.check_run(cfg)

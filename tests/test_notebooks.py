@@ -1,10 +1,12 @@
 """The four notebooks end to end: papermill on a small limit, then nbval on the results."""
+import ast
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+from unittest import mock
 
 import nbformat
 import pyarrow.parquet as pq
@@ -12,7 +14,6 @@ import pytest
 
 from helpers import series
 from conftest import SERIES_LIMIT as LIMIT
-from helpers.cluster import environment
 
 NOISE = ("Traceback", "Warning", "WARNING", "DeprecationWarning", "FutureWarning", " E ", "ERROR")
 
@@ -61,6 +62,72 @@ def test_each_notebook_types_the_code_it_teaches(notebook):
 
 def test_notebook_03_defines_a_callable_class():
     assert re.search(r"^class \w+:(\n    .*|\n)*?\n    def __call__\(self, batch", _code(series.NOTEBOOKS[2]), re.M)
+
+
+READS = {"read_binary_files", "read_images"}
+
+
+def _chain(expression: ast.expr, assigned: dict[str, ast.expr]) -> list[ast.Call]:
+    """The calls that build ``expression``, last first, following names the notebook assigns."""
+    calls = []
+    while True:
+        if isinstance(expression, ast.Name) and expression.id in assigned:
+            expression = assigned.pop(expression.id)  # each name once: no cycles
+        elif isinstance(expression, ast.Call):
+            calls.append(expression)
+            expression = expression.func.value if isinstance(expression.func, ast.Attribute) else expression.func
+        else:
+            return calls
+
+
+def _name(call: ast.Call) -> str:
+    return call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
+
+
+def test_notebook_03_writes_the_pipeline_its_cells_type():
+    """The dataset that ``write_parquet`` writes comes, through names the notebook assigns, from
+    a read typed in a cell and a ``map_batches`` of a class defined in a cell, whose
+    ``__call__`` is typed in a cell and whose bases are notebook classes only."""
+    tree = ast.parse(_code(series.NOTEBOOKS[2]))
+    assigned = {node.targets[0].id: node.value for node in ast.walk(tree)
+                if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
+    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+    writes = [node for node in ast.walk(tree) if isinstance(node, ast.Call) and _name(node) == "write_parquet"]
+    assert len(writes) == 1
+    chain = _chain(writes[0].func.value, dict(assigned))
+    names = [_name(call) for call in chain]
+    assert READS & set(names) or {"from_items", "with_column"} <= set(names), names
+    read = next(call for call in chain if _name(call) in READS | {"from_items"})
+    assert ast.unparse(read.func).startswith("ray.data."), ast.unparse(read.func)
+    mapped = next(call for call in chain if _name(call) == "map_batches")
+    cls = classes[mapped.args[0].id]
+    lineage = [cls]
+    while lineage[-1].bases:
+        (base,) = lineage[-1].bases
+        assert isinstance(base, ast.Name) and base.id in classes, f"{cls.name} derives from {ast.unparse(base)}"
+        lineage.append(classes[base.id])
+    assert any(isinstance(item, ast.FunctionDef) and item.name == "__call__" for c in lineage for item in c.body)
+    assert "map" in names[names.index("map_batches"):], "no ds.map(...) before map_batches"
+
+
+SKIPPED_SECTIONS = re.compile(r"^#+\s*(exercise|troubleshoot|under the hood|appendix|what we learned|going further)",
+                              re.I)
+
+
+def test_the_main_path_reads_in_about_fifteen_minutes():
+    """At most 2,400 words of markdown in the four notebooks' main paths (the design aims at
+    2,000; the reference tutorial has about 1,660): sections from a level 1-3 heading to the
+    next, the exercises, troubleshooting and appendices left out."""
+    words = 0
+    for path in series.NOTEBOOKS:
+        main_path = True
+        for cell in nbformat.read(path, as_version=4).cells:
+            if cell.cell_type == "markdown":
+                for section in re.split(r"(?m)^(?=#{1,3}\s)", cell.source):
+                    if re.match(r"#{1,3}\s", section):
+                        main_path = not SKIPPED_SECTIONS.match(section)
+                    words += len(section.split()) if main_path else 0
+    assert 1000 < words <= 2400, words
 
 
 def test_every_notebook_has_worked_solutions():
@@ -120,7 +187,7 @@ def test_the_worked_solutions_run(executed, series_ray, tmp_path):
     output_dir, _ = executed
     copy = tmp_path / "outputs"
     shutil.copytree(output_dir, copy, ignore=shutil.ignore_patterns("notebooks", "logs"))
-    with environment(**series_ray):
+    with mock.patch.dict(os.environ, series_ray):
         series.execute_series(copy, {"limit": 24, "batch_size": 8}, notebooks=series.SOLUTIONS, progress=False)
     for path in series.SOLUTIONS:
         notebook = nbformat.read(copy / "notebooks" / path.name, as_version=4)

@@ -13,14 +13,17 @@ import pytest
 
 from helpers import series
 
+pytestmark = pytest.mark.slow
+
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 
 DRIVER = """
-import sys, ray
-from ray._private.authentication.authentication_utils import is_token_auth_enabled
+import sys
 from helpers import cluster
+import ray
+from ray._private.authentication.authentication_utils import is_token_auth_enabled
 
-cluster.start_or_join()
+context = ray.init(**cluster.init_options())
 
 @ray.remote(num_cpus=0)
 class Where:
@@ -28,7 +31,7 @@ class Where:
         return ray.util.get_node_ip_address()
 
 where = Where.remote()
-print(ray.get(where.node_ip.remote()), is_token_auth_enabled(), cluster.dashboard_url(), flush=True)
+print(ray.get(where.node_ip.remote()), is_token_auth_enabled(), "http://" + context.dashboard_url, flush=True)
 sys.stdin.read()  # stay up while the test looks at the sockets
 """
 
@@ -89,8 +92,8 @@ def _assert_loopback_only(found: set[tuple[str, str]]) -> None:
 
 @pytest.mark.timeout(300)
 def test_the_series_head_and_its_drivers_listen_on_loopback_only(tmp_path):
-    with series.local_ray_head(tmp_path / "ray-head.log"):
-        found = _drive(dict(os.environ))
+    with series.ray_head(tmp_path / "ray-head.log") as variables:
+        found = _drive({**os.environ, **variables})
     _assert_loopback_only(found)
 
 

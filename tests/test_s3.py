@@ -8,7 +8,10 @@ import time
 
 import pytest
 
-from helpers import data, series, settings
+from unittest import mock
+
+from helpers import data, series, settings, storage
+from helpers.cluster import free_port
 
 BUCKET = "imagenette-like"
 
@@ -51,7 +54,7 @@ def test_a_missing_bucket_fails_fast_naming_the_uri(s3_endpoint):
 
 
 def test_an_unreachable_endpoint_fails_within_a_minute(s3_endpoint, monkeypatch):
-    closed = f"http://127.0.0.1:{series.free_port()}"
+    closed = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("AWS_ENDPOINT_URL", closed)
     started = time.monotonic()
     with pytest.raises(data.DataUnavailableError) as error:
@@ -64,28 +67,24 @@ def test_settings_accept_s3_uris_without_touching_the_network():
     assert settings.resolve(data_uri="s3://anonymous@air-example-data-2/imagenette2/train/").data_uri.startswith("s3://")
 
 
-@pytest.mark.timeout(600)
-def test_a_bucket_30_ms_away_gives_every_image_once_with_the_same_predictions(bucket, sample_dir, local_top1,
-                                                                            tmp_path):
-    """The pipeline reads through a proxy that delays every request by 30 ms."""
-    from urllib.parse import urlparse
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_notebook_03_from_a_bucket_30_ms_away_gives_every_image_once_with_the_same_predictions(
+        bucket, sample_dir, local_top1, tmp_path):
+    """Notebook 03, with a Ray of its own (its workers inherit the proxy's endpoint), reads the
+    bucket through a proxy that delays every request by 30 ms."""
+    from s3_server import Proxy
+    from test_long_runs import NOTEBOOK_03
 
-    from helpers import cluster, inference, storage
-    from helpers.cluster import environment
-    from helpers.local_s3 import LatencyProxy
-
-    moto = urlparse(os.environ["AWS_ENDPOINT_URL"])
-    with LatencyProxy(moto.hostname, moto.port, delay_s=0.030) as proxy, environment(AWS_ENDPOINT_URL=proxy.url):
-        cfg = settings.resolve(data_uri=bucket, output_dir=str(tmp_path), limit=24, batch_size=8)
-        listing = data.list_files(cfg.data_uri)
-        plan = inference.plan_actors(cluster.start_or_join(), None)
-        try:
-            summary = inference.run_batch_inference(inference.build_pipeline(listing, cfg, plan), listing, cfg, plan)
-        finally:
-            cluster.stop()
-    frame = storage.read_parquet([cfg.output_dir / name for name in summary.files])
-    chosen = data.select_images(listing.images, listing.root, 24)
-    assert sorted(frame["path"]) == sorted(chosen) and summary.num_images == 24 and (frame["error"] == "").all()
-
+    with Proxy(os.environ["AWS_ENDPOINT_URL"], delay_s=0.030) as proxy, \
+            mock.patch.dict(os.environ, AWS_ENDPOINT_URL=proxy.url):
+        os.environ.pop("RAY_ADDRESS", None)
+        series.execute_series(tmp_path, {"data_uri": bucket, "limit": 24, "batch_size": 8},
+                              notebooks=(NOTEBOOK_03,), progress=False)
+    manifest = storage.read_json(storage.Location.parse(tmp_path / "predictions.json"))
+    frame = storage.read_parquet([storage.Location.parse(tmp_path / name) for name in manifest["files"]])
+    listing = data.list_files(bucket)
+    assert sorted(frame["path"]) == data.select_images(listing.images, listing.root, 24)
+    assert manifest["num_images"] == 24 and (frame["error"] == "").all()
     local = [sample_dir / posixpath.relpath(path, listing.root) for path in frame["path"]]
-    assert list(frame["top1_wnid"]) == local_top1(local, cfg.model_name)
+    assert list(frame["top1_wnid"]) == local_top1(local, manifest["model_name"])

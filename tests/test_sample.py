@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from folders import fingerprint
 from helpers import data, labels, sample
 
 
@@ -84,7 +85,7 @@ def test_the_truncated_file_is_the_first_half_of_a_real_crop(sample_dir):
 def test_building_is_deterministic(tmp_path):
     first = sample.ensure_sample(tmp_path / "a", images_per_photo=3)
     second = sample.ensure_sample(tmp_path / "b", images_per_photo=3)
-    assert sample.fingerprint(first) == sample.fingerprint(second)
+    assert fingerprint(first) == fingerprint(second)
     assert len(_crops(first)) == 3 * len(sample.SOURCE_PHOTOS)
     assert all((first / relative).is_file() for relative in sample.BROKEN_FILES)
 

@@ -1,0 +1,98 @@
+"""What Ray 2.60 offers no public way to do, kept in one place.
+
+Each workaround says what it works around; ``tests/test_ray_workarounds.py`` fails, naming
+the workaround, when a Ray upgrade changes what it relies on. Nothing else in ``helpers`` or
+the notebooks uses a private Ray name.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import threading
+
+import ray
+
+
+# 1. Ending a failed run's actors (Ray 2.60.0). After a failed execution, Ray Data's executor
+# (and with it its actor pool) lives on as long as the exception does, and Jupyter keeps the
+# last exception: the actors keep their CPUs and the next run waits for them forever. Ray Data
+# gives out no handle for ``ray.kill``, and ``ray.util.state`` needs the dashboard.
+def live_actors() -> set[str]:
+    """IDs of this job's live actors, detached ones (Ray Data's own helpers) left out."""
+    from ray._private import state
+
+    job = ray.get_runtime_context().get_job_id()
+    return {actor_id for actor_id, actor in state.actors().items()
+            if actor["State"] != "DEAD" and not actor["IsDetached"] and actor["JobID"] == job}
+
+
+def kill_actors(actor_ids: set[str]) -> None:
+    """Kill these actors of this process's job by ID, without restarting them."""
+    core_worker = ray._private.worker.global_worker.core_worker
+    for actor_id in actor_ids:
+        with contextlib.suppress(Exception):  # already gone
+            core_worker.kill_actor(ray.ActorID(bytes.fromhex(actor_id)), True)
+
+
+# 2. Two harmless lines that no setting turns off. Ray 2.60's core worker logs one error line
+# for every Ray Data actor pool, which always passes its arguments through the object store
+# (https://github.com/ray-project/ray/issues/53727); and the raylet reports the tasks in
+# flight when Ray Data ends an actor pool early (``take_batch``) as killed "by `ray.kill`",
+# "to be retried". Only these lines are dropped: every other line, from Ray's C++ core on
+# file descriptor 2 or from the workers, still shows.
+HARMLESS_LINES = re.compile(
+    r"has constructor arguments in the object store and max_restarts > 0"
+    r"|Task MapWorker\(.*\)\.submit failed\..*killed by `ray\.kill`"
+)
+_installed = False
+
+
+def hide_harmless_lines() -> None:
+    """In a Jupyter kernel, from now on: drop ``HARMLESS_LINES`` from its stderr, native and
+    Python (elsewhere nothing: a script's stderr is a terminal or a log, seen by nobody live)."""
+    global _installed
+    if _installed or "ipykernel" not in sys.modules:
+        return
+    _installed = True
+    sys.stderr = _LineFilter(sys.stderr)
+    original = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    threading.Thread(target=_forward, args=(read_end, original), daemon=True, name="stderr-filter").start()
+
+
+def _forward(read_end: int, sink: int) -> None:
+    """Copy the pipe to ``sink`` line by line, without the harmless lines."""
+    with os.fdopen(read_end, "rb", buffering=0) as pipe:
+        pending = b""
+        while chunk := pipe.read(65536):
+            *lines, pending = (pending + chunk).split(b"\n")
+            kept = [line + b"\n" for line in lines if not HARMLESS_LINES.search(line.decode(errors="replace"))]
+            if kept:
+                os.write(sink, b"".join(kept))
+
+
+class _LineFilter:
+    """A text stream that passes everything on to ``stream`` but the harmless lines."""
+
+    def __init__(self, stream):
+        self._stream, self._pending = stream, ""
+
+    def write(self, text: str) -> int:
+        *lines, self._pending = (self._pending + text).split("\n")
+        kept = "".join(line + "\n" for line in lines if not HARMLESS_LINES.search(line))
+        if kept:
+            self._stream.write(kept)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending and not HARMLESS_LINES.search(self._pending):
+            self._stream.write(self._pending)
+        self._pending = ""
+        self._stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
