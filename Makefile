@@ -19,7 +19,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 run: install  ## execute the four notebooks in order, offline, into $(OUTPUT_DIR)
-	$(PY) -m helpers.series --output-dir $(OUTPUT_DIR) $(PARAMS)
+	$(PY) -m series --output-dir $(OUTPUT_DIR) $(PARAMS)
 
 test: install  ## unit tests, then the notebooks end to end (papermill, then nbval); CI and nightly
 	$(PY) -m pytest
@@ -37,7 +37,7 @@ weights: install  ## cache a torchvision model's weights for offline use: make w
 	$(PY) -c "from helpers import models; models.fetch_weights('$(MODEL)')"
 
 data: install  ## Imagenette (SIZE=160|320|full) via torchvision, md5-checked, into data/ for offline workshops
-	$(PY) -c "from helpers import data; print('data_uri:', data.fetch_imagenette('$(SIZE)') / 'val')"
+	$(PY) -c "import series; print('data_uri:', series.fetch_imagenette('$(SIZE)') / 'val')"
 
 lab: install  ## open the notebooks in JupyterLab
 	$(VENV)/bin/jupyter lab notebooks

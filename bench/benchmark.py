@@ -44,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from folders import one_per_folder  # noqa: E402
 from s3_server import Proxy, moto_s3  # noqa: E402
 
-from helpers import data, models, sample, series, settings  # noqa: E402
+from helpers import data, models, sample, settings  # noqa: E402
+import series
 
 NOTEBOOK_03 = next(nb for nb in series.NOTEBOOKS if nb.name.startswith("03"))
 

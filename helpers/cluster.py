@@ -1,9 +1,4 @@
-"""Start Ray on this machine, or join the cluster that ``RAY_ADDRESS`` names, and describe it.
-
-On a cluster, workers get the same ``helpers`` package as the driver through Ray's
-``runtime_env``, so a worker started in any directory, on any node, can import it. A Ray on
-this machine alone runs its workers with this Python, which imports ``helpers`` already.
-"""
+"""Start Ray on this machine, or join the cluster that ``RAY_ADDRESS`` names, and describe it."""
 from __future__ import annotations
 
 import logging
@@ -28,13 +23,9 @@ class ClusterInfo:
     def cpus(self) -> float:
         return sum(cpus for cpus, _ in self.node_sizes)
 
-    @property
-    def gpus(self) -> float:
-        return sum(gpus for _, gpus in self.node_sizes)
-
     def describe_nodes(self) -> str:
         """The node sizes in words: "1, 2 CPUs", or "8 CPUs + 2 GPUs, 4 CPUs" with GPUs."""
-        if not self.gpus:
+        if not any(gpus for _, gpus in self.node_sizes):
             return ", ".join(f"{cpus:g}" for cpus, _ in self.node_sizes) + " CPUs"
         return ", ".join(f"{cpus:g} CPUs" + (f" + {gpus:g} GPUs" if gpus else "") for cpus, gpus in self.node_sizes)
 
@@ -46,13 +37,10 @@ class ClusterInfo:
 
 
 def ensure_auth_token() -> Path | None:
-    """Make sure Ray's authentication token exists, readable by its owner only; return its file.
-
-    The file is where Ray looks: ``RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``. A new
-    user has none (``ray start`` fails without it; ``ray.init`` writes one readable by all):
-    a missing or empty one is created with mode 0600, an existing one set to 0600. A token in
-    ``RAY_AUTH_TOKEN`` is left alone (None). The token itself is never printed or logged.
-    """
+    """Make sure Ray's token file (``RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``) exists,
+    readable by its owner only, and return it; None where ``RAY_AUTH_TOKEN`` holds the token. A
+    new user has none (``ray start`` fails without it, ``ray.init`` writes one readable by all).
+    The token is never printed or logged."""
     if os.environ.get("RAY_AUTH_TOKEN"):
         return None
     path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
@@ -63,11 +51,8 @@ def ensure_auth_token() -> Path | None:
             file.write(secrets.token_hex(32))  # what Ray's own generator makes: 256 random bits
         os.chmod(scratch, 0o600)  # whatever the umask
         os.replace(scratch, path)
-    elif path.stat().st_mode & 0o077:
-        try:
-            os.chmod(path, 0o600)
-        except PermissionError:  # someone else's file: Ray reads it as it is
-            pass
+    elif path.stat().st_mode & 0o077 and path.stat().st_uid == os.getuid():  # another's: Ray reads it as it is
+        os.chmod(path, 0o600)
     return path
 
 
@@ -79,16 +64,14 @@ def free_port() -> int:
 
 
 def init_options() -> dict:
-    """Keyword arguments for ``ray.init``: join ``RAY_ADDRESS``, or start a local instance.
+    """Keyword arguments for ``ray.init``: join ``RAY_ADDRESS``, or start a local instance on
+    127.0.0.1 only, with token authentication and the dashboard on 127.0.0.1.
 
-    A local instance listens on 127.0.0.1 only, with token authentication (the token file
-    made first, readable by its owner only) and Ray's dashboard on 127.0.0.1. On a cluster
-    ``helpers`` travels to every worker (``runtime_env``); a Ray on this machine alone (a
-    local instance, or ``make run``'s head, which keeps multi-node clusters off) does without:
-    shipping it made every worker wait for its environment, 5 s or more per run here. What
-    the workers print shows in the notebook; Ray Data logs only warnings and errors. A run
-    starts once its whole actor pool is up: a short run that ended while an actor was still
-    starting made Ray log a red "Failed to kill actor" line.
+    On a cluster ``helpers`` travels to every worker (``runtime_env``); a Ray on this machine
+    alone (a local instance, ``make run``'s head) does without: shipping it made every worker
+    wait 5 s or more here. What workers print shows in the notebook; Ray Data logs warnings and
+    errors only. A run starts once its whole actor pool is up: a short run that ended while an
+    actor was starting made Ray log a red "Failed to kill actor" line.
     """
     import ray.data
 
@@ -109,15 +92,6 @@ def init_options() -> dict:
     ensure_auth_token()
     return {"address": "local", "include_dashboard": True, "dashboard_host": "127.0.0.1",
             "dashboard_port": free_port(), **options}
-
-
-def start_or_join() -> ClusterInfo:
-    """For scripts and tests: connect this process to Ray (once) and describe the cluster."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(**init_options())
-    return describe()
 
 
 def live_nodes() -> dict[str, dict]:

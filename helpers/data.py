@@ -1,26 +1,21 @@
-"""Reading images, local or ``s3://``, with labels from the class folders and the file paths.
-
-Real folders are messy. Files are listed first: anything that is not an image inside a
-class folder is set aside with the reason. Images are then read as bytes and decoded in a
-``ds.map``, one row at a time, so that an unreadable file becomes a row with an ``error``
-instead of failing the whole job.
+"""Images in class folders, local or ``s3://``: listing a messy folder (anything that is not
+an image in a class folder is set aside with the reason) and decoding any image file, or
+saying why it cannot be decoded.
 """
 from __future__ import annotations
 
 import io
 import itertools
-import os
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 import numpy as np
 import pyarrow.fs
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from helpers import PROJECT_ROOT, sample
+from helpers import sample
 from helpers.settings import SAMPLE_DATA
 from helpers.storage import Location, s3_hint
 
@@ -52,24 +47,6 @@ class Listing:
     def read_bytes(self, path: str) -> bytes:
         """One file's bytes, as ``read_binary_files`` reads them."""
         return Location(self.filesystem, path).read_bytes()
-
-
-def fetch_imagenette(size: str = "160", root: str | Path = PROJECT_ROOT / "data") -> Path:
-    """Download Imagenette (SIZE 160, 320 or full) with torchvision, md5-checked, into
-    ``root/imagenette2-<size>/{train,val}/<wnid>/``, unless that folder exists; return it.
-
-    torchvision unpacks in place, so an interrupted unpack would pass for complete next time:
-    here it unpacks in a staging folder, renamed into place whole; the archive goes with it.
-    """
-    from torchvision.datasets import Imagenette
-
-    folder = Path(root) / ("imagenette2" if size == "full" else f"imagenette2-{size}")
-    if not folder.exists():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=f".{folder.name}-", dir=folder.parent) as staging:
-            Imagenette(staging, size=size if size == "full" else f"{size}px", download=True)
-            os.replace(Path(staging) / folder.name, folder)
-    return folder
 
 
 def resolve_data_uri(data_uri: str) -> str:
@@ -107,9 +84,8 @@ def list_files(data_uri: str) -> Listing:
         infos = filesystem.get_file_info(pyarrow.fs.FileSelector(root, recursive=True))
     except OSError as error:
         hint = "Check the path." if "://" not in data_uri else s3_hint()
-        raise DataUnavailableError(
-            f"data_uri={data_uri!r} cannot be listed: {str(error).splitlines()[0]}. {hint}"
-        ) from None
+        raise DataUnavailableError(f"data_uri={data_uri!r} cannot be listed: {str(error).splitlines()[0]}. {hint}") \
+            from None
     for info in sorted(infos, key=lambda info: info.path):
         if info.type != pyarrow.fs.FileType.File:
             continue
@@ -119,10 +95,8 @@ def list_files(data_uri: str) -> Listing:
         else:
             listing.images.append(info.path)
     if not listing.images:
-        raise FileNotFoundError(
-            f"data_uri={data_uri!r} holds no images in class folders (<label>/<image>, with "
-            f"extensions {', '.join(IMAGE_EXTENSIONS)}): check the path."
-        )
+        raise FileNotFoundError(f"data_uri={data_uri!r} holds no images in class folders (<label>/<image>, with "
+                                f"extensions {', '.join(IMAGE_EXTENSIONS)}): check the path.")
     return listing
 
 
@@ -133,9 +107,7 @@ def select_images(paths: list[str], root: str, limit: int | None) -> list[str]:
     by_class: dict[str, list[str]] = defaultdict(list)
     for path in paths:
         by_class[class_folder(path, root)].append(path)
-    interleaved = itertools.chain.from_iterable(
-        itertools.zip_longest(*(by_class[label] for label in sorted(by_class)))
-    )
+    interleaved = itertools.chain.from_iterable(itertools.zip_longest(*(by_class[label] for label in sorted(by_class))))
     return sorted(p for p in itertools.islice((p for p in interleaved if p), limit))
 
 
@@ -164,24 +136,19 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def decode_image(data: bytes, at_least: int | None = None) -> torch.Tensor:
-    """Encoded bytes -> 3 x H x W uint8 RGB, EXIF orientation applied.
-
-    With ``at_least``, a large JPEG is decoded at a reduced scale (libjpeg's DCT scaling,
-    by powers of two) whose short side stays at least that many pixels: much faster for
-    camera-sized photos that will be resized down anyway. Raises ``UnreadableImage`` with
-    the reason for empty, corrupt, truncated, non-image and over-large (decompression-bomb)
-    files. (Pillow, not torchvision.io, whose decoders are deprecated since 0.29.)
-    """
+    """Encoded bytes -> 3 x H x W uint8 RGB, EXIF orientation applied; ``UnreadableImage``
+    with the reason for empty, corrupt, truncated, non-image and over-large files. With
+    ``at_least``, a large JPEG is decoded at a reduced scale (libjpeg's DCT scaling) whose
+    short side stays at least that many pixels. (Pillow: torchvision.io's decoders are
+    deprecated since 0.29.)"""
     if not data:
         raise UnreadableImage("empty file (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
             if width * height > MAX_IMAGE_PIXELS:
-                raise UnreadableImage(
-                    f"too large: {width}x{height} pixels is over Pillow's decompression-bomb "
-                    f"limit of {MAX_IMAGE_PIXELS} pixels"
-                )
+                raise UnreadableImage(f"too large: {width}x{height} pixels is over Pillow's decompression-bomb "
+                                      f"limit of {MAX_IMAGE_PIXELS} pixels")
             if at_least and image.format == "JPEG":
                 scale = at_least / min(width, height)
                 image.draft(image.mode, (max(1, round(width * scale)), max(1, round(height * scale))))

@@ -22,35 +22,25 @@ class PredictionsError(RuntimeError):
 
 
 def check_run(settings: Settings) -> dict:
-    """The manifest of the current run, once every file it names is there.
-
-    Refuses a missing manifest or a missing file, naming the problem and what to run.
-    """
-    manifest_path = settings.predictions_manifest
-    if not manifest_path.exists():
-        raise PredictionsError(
-            f"No predictions in {settings.output_dir} ({manifest_path.name} is missing): run "
-            "notebook 03_distributed_inference.ipynb first with the same output_dir."
-        )
-    manifest = read_json(manifest_path)
+    """The manifest of the last complete run, once every file it names is there; a missing
+    manifest or file is refused, naming the problem and what to run."""
+    if not settings.predictions_manifest.exists():
+        raise PredictionsError(f"No predictions in {settings.output_dir} (predictions.json is missing): run notebook "
+                               "03_distributed_inference.ipynb first with the same output_dir.")
+    manifest = read_json(settings.predictions_manifest)
     files = [settings.output_dir / name for name in [*manifest["files"], manifest["skipped_file"]]]
-    missing = [str(path) for path in files if not path.exists()]
-    if missing:
-        raise PredictionsError(
-            f"The predictions of run {manifest['run_id']} are incomplete: {len(missing)} file(s) "
-            f"missing, e.g. {missing[0]}. Re-run notebook 03_distributed_inference.ipynb."
-        )
+    if missing := [str(path) for path in files if not path.exists()]:
+        raise PredictionsError(f"The predictions of run {manifest['run_id']} are incomplete: {len(missing)} file(s) "
+                               f"missing, e.g. {missing[0]}. Re-run notebook 03_distributed_inference.ipynb.")
     return manifest
 
 
 def check_counts(frame: pd.DataFrame, skipped: pd.DataFrame, manifest: dict) -> None:
     """Refuse predictions whose row counts differ from what the run recorded."""
     if len(frame) != manifest["num_rows"] or len(skipped) != manifest["num_skipped"]:
-        raise PredictionsError(
-            f"The predictions of run {manifest['run_id']} hold {len(frame)} rows and "
-            f"{len(skipped)} skipped files, but the run recorded {manifest['num_rows']} and "
-            f"{manifest['num_skipped']}. Re-run notebook 03_distributed_inference.ipynb."
-        )
+        raise PredictionsError(f"The predictions of run {manifest['run_id']} hold {len(frame)} rows and {len(skipped)} "
+                               f"skipped files, but the run recorded {manifest['num_rows']} and "
+                               f"{manifest['num_skipped']}. Re-run notebook 03_distributed_inference.ipynb.")
 
 
 def add_correctness(frame: pd.DataFrame,
@@ -74,47 +64,29 @@ def summarize(frame: pd.DataFrame, manifest: dict) -> dict:
     def rate(column: str) -> float | None:
         return round(float(scored[column].mean()), 4) if len(scored) else None
 
-    return {
-        "num_images": int(len(frame)),
-        "num_skipped": manifest["num_skipped"],
-        "num_scored": int(len(scored)),
-        "num_classes": int(scored["label"].nunique()),
-        "top1": rate("top1_correct"),
-        "top5": rate("top5_correct"),
-        "top1_folder_label": rate("top1_folder_label"),
-        "images_per_second": manifest["images_per_second"],
-        "inference_seconds": manifest["seconds"],
-        "model_name": manifest["model_name"],
-        "data_uri": manifest["data_uri"],
-        "batch_size": manifest["batch_size"],
-        "num_actors": manifest["num_actors"],
-        "run_id": manifest["run_id"],
-        "unscored_labels": sorted(set(frame["label"]) - set(scored["label"])),
-    }
+    return {"num_images": int(len(frame)), "num_skipped": manifest["num_skipped"], "num_scored": int(len(scored)),
+            "num_classes": int(scored["label"].nunique()), "top1": rate("top1_correct"), "top5": rate("top5_correct"),
+            "top1_folder_label": rate("top1_folder_label"), "images_per_second": manifest["images_per_second"],
+            "inference_seconds": manifest["seconds"],
+            **{key: manifest[key] for key in ("model_name", "data_uri", "batch_size", "num_actors", "run_id")},
+            "unscored_labels": sorted(set(frame["label"]) - set(scored["label"]))}
 
 
 def per_class_table(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per folder label: images, top-1/top-5 accuracy, top-1 against the folder label
     alone, the most frequent prediction."""
-    table = frame.groupby("label").agg(
-        images=("path", "size"),
-        top1=("top1_correct", "mean"),
-        top5=("top5_correct", "mean"),
-        top1_folder_label=("top1_folder_label", "mean"),
-        most_predicted=("top1_name", lambda names: names.value_counts().index[0]),
-    )
+    table = frame.groupby("label").agg(images=("path", "size"), top1=("top1_correct", "mean"),
+                                       top5=("top5_correct", "mean"), top1_folder_label=("top1_folder_label", "mean"),
+                                       most_predicted=("top1_name", lambda names: names.value_counts().index[0]))
     table.insert(0, "class", [labels.label_to_name(label) for label in table.index])
     return table.sort_values(["top1", "class"], ascending=[False, True])
 
 
 def confusion(frame: pd.DataFrame, max_classes: int = 20, max_others: int = 8) -> pd.DataFrame:
-    """Counts of true class (rows) x top-1 prediction (columns), by readable name.
-
-    Columns are the true classes, then the ``max_others`` most frequent predictions outside
-    them (*Egyptian cat* for a folder of tabbies, say), then ``(other)`` for the rest, so the
-    matrix stays readable although the model knows 1000 classes. With more than
-    ``max_classes`` true classes, only those with the most top-1 errors are shown.
-    """
+    """Counts of true class (rows) x top-1 prediction (columns), by name: the true classes, then
+    the ``max_others`` most frequent predictions outside them (*Egyptian cat* for tabbies),
+    then ``(other)``, so that it stays readable although the model knows 1000 classes. Of more
+    than ``max_classes`` true classes, those with the most top-1 errors are shown."""
     truth = frame["label"].map(labels.label_to_name)
     errors = (~frame["top1_correct"]).groupby(truth).sum()
     shown = errors.sort_values(ascending=False, kind="stable").index[:max_classes]
@@ -125,9 +97,7 @@ def confusion(frame: pd.DataFrame, max_classes: int = 20, max_others: int = 8) -
     outside = outside.sort_values(ascending=False, kind="stable")  # ties by name
     others = sorted(outside.index[:max_others])
     predicted = predicted.where(predicted.isin([*classes, *others]), OTHER)
-    matrix = pd.crosstab(truth, predicted).reindex(
-        index=classes, columns=[*classes, *others, OTHER], fill_value=0
-    )
+    matrix = pd.crosstab(truth, predicted).reindex(index=classes, columns=[*classes, *others, OTHER], fill_value=0)
     matrix.index.name, matrix.columns.name = "true", "predicted"
     return matrix
 

@@ -1,11 +1,8 @@
 """Around notebook 03's pipeline (its classes and calls are typed in the notebook): the actor
-plan, predictions as a table of names, and timings.
-"""
+plan, predictions as a table of names, the steady images per second."""
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,15 +31,14 @@ class ActorPlan:
 
     @property
     def decodes_in_actors(self) -> bool:
-        """Single-threaded CPU actors decode their own images: Ray fuses the decoding ``map``
-        into the actor when both reserve the same CPUs. Actors with a GPU or several threads
-        get their pixels from separate decode tasks, which run while they infer."""
+        """Single-threaded CPU actors decode their own images (Ray fuses the decoding ``map``
+        into the actor when both reserve the same); GPU actors and actors of several threads
+        get their pixels from decode tasks, which run while they infer."""
         return not self.num_gpus and self.threads == 1
 
     @property
     def decode_cpus(self) -> float:
-        """What each ``ds.map(preprocess)`` task reserves: the actors' own share where they
-        decode, otherwise a small one, so that several decode tasks run at once."""
+        """What each ``ds.map(preprocess)`` task reserves: the actors' share, or a small one."""
         return self.num_cpus if self.decodes_in_actors else min(0.5, self.task_cpus)
 
     def __str__(self) -> str:
@@ -66,19 +62,16 @@ class ActorPlan:
 
 
 def plan_actors(cluster: ClusterInfo, num_actors: int | None, reads_from_a_bucket: bool = False) -> ActorPlan:
-    """One actor per GPU; on CPUs, about one actor per core, planned node by node.
+    """One actor per GPU; on CPUs, about one per core, planned node by node so that however Ray
+    places them, all find room and some node keeps ``task_cpus`` for a read or write (``fits``).
 
-    Ray may place the actors on any nodes, so the plan holds for every placement: all the
-    actors find room, and the read, decode and write tasks then still find ``task_cpus``
-    free on some node (``fits``). On CPUs each node of ``c`` CPUs keeps ``max(task_cpus,
-    c // 4)`` for the tasks and hosts one single-threaded actor per core where no node has
-    more than 4 (two single-threaded copies classify 10 to 15% more images/s than one of two
-    threads on 2 cores), else one actor of 4 threads per 4 cores. Tasks reserve a whole CPU
-    (half the smallest node where that is less), so on a small node one worker process serves
-    every read and write in turn instead of Ray starting a new one whenever two meet (~2.5 s
-    of CPU each time). Reads from a bucket reserve an eighth of that, so that eight wait for
-    their requests at once. A given ``num_actors`` share what the tasks leave; more actors
-    than CPUs (or GPUs) fail at once, naming ``num_actors`` and the node sizes.
+    A node of ``c`` CPUs keeps ``max(task_cpus, c // 4)`` for the tasks and hosts a single-threaded
+    actor per core where no node has more than 4 (two copies classify 10 to 15% more images/s
+    than one of two threads on 2 cores), else an actor of 4 threads per 4 cores. A task reserves
+    a whole CPU (half the smallest node where that is less), so one worker process serves them in
+    turn instead of Ray starting one (~2.5 s of CPU) whenever two meet; reads from a bucket
+    reserve an eighth of it, so that eight wait for their requests at once. A given
+    ``num_actors`` share what the tasks leave; more than CPUs (or GPUs) fail, naming the nodes.
     """
     cpu_nodes = [cpus for cpus, _ in cluster.node_sizes if cpus > 0]
     if not cpu_nodes:
@@ -123,11 +116,8 @@ def _largest_share(cpu_nodes: list[float], actors: int) -> float:
 
 def describe_predictions(scores: np.ndarray, indices: np.ndarray, valid: np.ndarray | None = None,
                          **leading_columns) -> pa.Table:
-    """A table of top-1 and top-k (index, WordNet id, name, score) per image, as in the Parquet.
-
-    ``scores`` and ``indices`` hold the rows where ``valid`` is True; the other rows get
-    nulls. Top-k columns are Arrow lists, so the Parquet reads back as plain lists.
-    """
+    """A table of top-1 and top-k (index, WordNet id, name, score) per image, as in the Parquet:
+    ``scores`` and ``indices`` hold the rows where ``valid`` is True, the others get nulls."""
     valid = np.ones(len(indices), bool) if valid is None else np.asarray(valid, bool)
     wnids = [[labels.index_to_wnid(i) for i in row] for row in indices.tolist()]
     names = [[labels.index_to_name(i) for i in row] for row in indices.tolist()]
@@ -147,25 +137,10 @@ def describe_predictions(scores: np.ndarray, indices: np.ndarray, valid: np.ndar
     return pa.table(columns)
 
 
-def images_per_second(classify: Callable, batch, repeats: int = 2) -> float:
-    """Images/s of ``classify(batch)``, the best of ``repeats`` timed calls after a warm-up."""
-    classify(batch)
-    best = math.inf
-    for _ in range(repeats):
-        started = time.perf_counter()
-        classify(batch)
-        best = min(best, time.perf_counter() - started)
-    return len(batch) / best
-
-
 def steady_images_per_second(finished: pd.DataFrame) -> float:
-    """Images/s once every actor is up: from the moment the last actor to start finished its
-    first batch, to the last batch (NaN when no batch finishes after that moment).
-
-    ``finished`` has a row per image with ``predicted_at`` (when its batch finished) and
-    ``actor``. Leaves out the start-up every run pays once (actors importing PyTorch and
-    loading the model), so that runs of different sizes compare.
-    """
+    """Images/s from the moment the last actor to start finished its first batch to the last
+    batch (NaN when none finishes after): ``finished`` has ``predicted_at`` and ``actor`` per
+    image. It leaves out the start-up every run pays once, so that runs of any size compare."""
     all_up = finished.groupby("actor")["predicted_at"].min().max()
     later = finished["predicted_at"][finished["predicted_at"] > all_up]
     span = later.max() - all_up if len(later) else 0.0

@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import functools
-import re
-
-WNID_PATTERN = re.compile(r"^n\d{8}$")
 
 
 @functools.cache
@@ -30,12 +27,11 @@ def _index_by_wnid() -> dict[str, int]:
 
 
 def is_imagenet_wnid(label: str) -> bool:
-    """True when ``label`` is one of the 1000 ImageNet-1k WordNet ids."""
     return label in _index_by_wnid()
 
 
 def wnid_to_index(wnid: str) -> int:
-    """Class index of an ImageNet-1k WordNet id; ``-1`` for any other label."""
+    """Class index of an ImageNet-1k WordNet id; -1 for any other label."""
     return _index_by_wnid().get(wnid, -1)
 
 
@@ -49,5 +45,4 @@ def index_to_name(index: int) -> str:
 
 def label_to_name(label: str) -> str:
     """Readable name for a folder label; labels that are not ImageNet ids stay as they are."""
-    index = wnid_to_index(label)
-    return class_names()[index] if index >= 0 else label
+    return class_names()[index] if (index := wnid_to_index(label)) >= 0 else label

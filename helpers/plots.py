@@ -43,9 +43,7 @@ def size_scatter(images: pd.DataFrame) -> plt.Figure:
     figure, axis = plt.subplots(figsize=(6, 4.5))
     for name, group in images.groupby("name"):
         axis.scatter(group["width"], group["height"], s=10, alpha=0.6, label=name)
-    axis.set_xlabel("width (pixels)")
-    axis.set_ylabel("height (pixels)")
-    axis.set_title("Image sizes")
+    axis.set(xlabel="width (pixels)", ylabel="height (pixels)", title="Image sizes")
     if images["name"].nunique() <= 12:
         axis.legend(fontsize=8, markerscale=1.5)
     figure.tight_layout()
@@ -55,10 +53,8 @@ def size_scatter(images: pd.DataFrame) -> plt.Figure:
 def misclassified_figure(wrong: pd.DataFrame, data_uri: str) -> plt.Figure:
     """A grid of wrongly classified images with their true label and top-1 prediction."""
     filesystem, _ = filesystem_and_root(resolve_data_uri(data_uri))
-    titles = [
-        f"true: {label_to_name(label)}\npred: {name} ({score:.2f})"
-        for label, name, score in zip(wrong["label"], wrong["top1_name"], wrong["top1_score"])
-    ]
+    titles = [f"true: {label_to_name(label)}\npred: {name} ({score:.2f})"
+              for label, name, score in zip(wrong["label"], wrong["top1_name"], wrong["top1_score"])]
     return image_grid([load_thumbnail(path, filesystem) for path in wrong["path"]], titles)
 
 
@@ -94,8 +90,7 @@ def speed_ups_figure(levers: pd.DataFrame) -> plt.Figure:
     axis.barh(levers.index[::-1], levers["images_per_second"][::-1], color="tab:blue")
     for position, value in enumerate(levers["images_per_second"][::-1]):
         axis.text(value, position, f" {value:.0f}", va="center", fontsize=9)
-    axis.set_xlabel("images / s, model alone, one batch")
-    axis.set_xlim(0, levers["images_per_second"].max() * 1.2)
+    axis.set(xlabel="images / s, model alone, one batch", xlim=(0, levers["images_per_second"].max() * 1.2))
     figure.tight_layout()
     return figure
 
@@ -111,11 +106,9 @@ def top5_figure(images: Sequence[np.ndarray], predictions: pd.DataFrame, data_ur
         image_axis.axis("off")
         caption = "" if row["top1_wnid"] in right else "\nwrong: " + textwrap.fill(pitfall or "", 40)
         image_axis.set_title(f"folder label: {label_to_name(row['label'])}{caption}", fontsize=8)
-        names, scores = list(row["top5_name"])[::-1], list(row["top5_score"])[::-1]
-        wnids = list(row["top5_wnid"])[::-1]
-        bar_axis.barh(names, scores, color=["tab:green" if wnid in right else "tab:gray" for wnid in wnids])
-        bar_axis.set_xlim(0, 1)
-        bar_axis.set_xlabel("softmax score")
+        bar_axis.barh(list(row["top5_name"])[::-1], list(row["top5_score"])[::-1],
+                      color=["tab:green" if wnid in right else "tab:gray" for wnid in list(row["top5_wnid"])[::-1]])
+        bar_axis.set(xlim=(0, 1), xlabel="softmax score")
     figure.tight_layout()
     return figure
 
@@ -127,8 +120,7 @@ def confusion_figure(matrix: pd.DataFrame) -> plt.Figure:
     shown = axis.imshow(matrix.to_numpy(), cmap="Blues")
     axis.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=45, ha="right")
     axis.set_yticks(range(matrix.shape[0]), matrix.index)
-    axis.set_xlabel("predicted (top-1)")
-    axis.set_ylabel("true (folder label)")
+    axis.set(xlabel="predicted (top-1)", ylabel="true (folder label)")
     threshold = matrix.to_numpy().max() / 2
     for (row, column), count in np.ndenumerate(matrix.to_numpy()):
         if count:
@@ -141,8 +133,7 @@ def confusion_figure(matrix: pd.DataFrame) -> plt.Figure:
 
 def save(figure: plt.Figure, folder: Location, name: str) -> Location:
     """Save a figure as PNG under ``folder`` (local or in a bucket) and return where."""
-    image = io.BytesIO()
+    image, location = io.BytesIO(), folder / f"{name}.png"
     figure.savefig(image, format="png", dpi=110, bbox_inches="tight")
-    location = folder / f"{name}.png"
     location.write_bytes(image.getvalue())
     return location

@@ -1,8 +1,6 @@
-"""What Ray 2.60 offers no public way to do, kept in one place.
-
-Each workaround says what it works around; ``tests/test_ray_workarounds.py`` fails, naming
-the workaround, when a Ray upgrade changes what it relies on. Nothing else in ``helpers`` or
-the notebooks uses a private Ray name.
+"""What Ray 2.60 offers no public way to do, in one place: nothing else in ``helpers`` or the
+notebooks uses a private Ray name. ``tests/test_ray_workarounds.py`` fails, naming the
+workaround, when a Ray upgrade changes what one relies on.
 """
 from __future__ import annotations
 
@@ -50,13 +48,13 @@ _installed = False
 
 
 def hide_harmless_lines() -> None:
-    """In a Jupyter kernel, from now on: drop ``HARMLESS_LINES`` from its stderr, native and
-    Python (elsewhere nothing: a script's stderr is a terminal or a log, seen by nobody live)."""
+    """In a Jupyter kernel, from now on: drop ``HARMLESS_LINES`` from what it prints, native
+    and Python (elsewhere nothing: a script's output goes to a terminal or a log)."""
     global _installed
     if _installed or "ipykernel" not in sys.modules:
         return
     _installed = True
-    sys.stderr = _LineFilter(sys.stderr)
+    sys.stdout, sys.stderr = _LineFilter(sys.stdout), _LineFilter(sys.stderr)  # Ray's log monitor uses both
     original = os.dup(2)
     read_end, write_end = os.pipe()
     os.dup2(write_end, 2)

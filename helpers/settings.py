@@ -1,8 +1,5 @@
-"""The parameters every notebook shares: their defaults, validation and derived paths.
-
-Each notebook's papermill ``parameters`` cell sets the same six names; ``resolve`` checks
-them all before any heavy work starts and fails with one message that names the bad value
-and the fix.
+"""The six parameters every notebook's papermill ``parameters`` cell sets: ``resolve`` checks
+them all before any heavy work, failing with one message that names the bad value and the fix.
 """
 from __future__ import annotations
 
@@ -33,11 +30,8 @@ def available_models() -> tuple[str, ...]:
 
 def check_model_name(model_name: str) -> None:
     if model_name not in available_models():
-        raise SettingsError(
-            f"model_name={model_name!r} is unknown: use {OFFLINE_MODEL!r} (offline), "
-            "'resnet152', or another torchvision classifier "
-            "(helpers.settings.available_models() lists them)."
-        )
+        raise SettingsError(f"model_name={model_name!r} is unknown: use {OFFLINE_MODEL!r} (offline), 'resnet152', or "
+                            "another torchvision classifier (helpers.settings.available_models() lists them).")
 
 
 @dataclass(frozen=True)
@@ -51,12 +45,12 @@ class Settings:
 
     @property
     def predictions_dir(self) -> Location:
-        """Parquet files of the current predictions (one folder per run, see inference)."""
+        """A folder per run of Parquet files (see ``runs``)."""
         return self.output_dir / "predictions"
 
     @property
     def predictions_manifest(self) -> Location:
-        """The JSON that names the current, complete predictions run and its throughput."""
+        """The JSON that names the last complete run."""
         return self.output_dir / "predictions.json"
 
     @property
@@ -66,12 +60,6 @@ class Settings:
     @property
     def figures_dir(self) -> Location:
         return self.output_dir / "figures"
-
-    @property
-    def logs_dir(self) -> Path:
-        """Ray's native logs stay on this machine: in the output folder, or in the project's
-        ``outputs/logs`` when the outputs go to a bucket."""
-        return Path(self.output_dir.path if self.output_dir.is_local else PROJECT_ROOT / "outputs") / "logs"
 
 
 def _project_path(path: str | os.PathLike) -> Path:
@@ -90,18 +78,14 @@ def _check_positive_int(name: str, value, allow_none: bool) -> None:
 
 def _check_data_uri(data_uri) -> str:
     if not isinstance(data_uri, str) or not data_uri.strip():
-        raise SettingsError(
-            f"data_uri={data_uri!r} is empty: use {SAMPLE_DATA!r} for the embedded sample, a "
-            "folder of class folders, or an s3:// URI."
-        )
+        raise SettingsError(f"data_uri={data_uri!r} is empty: use {SAMPLE_DATA!r} for the embedded sample, a "
+                            "folder of class folders, or an s3:// URI.")
     if data_uri == SAMPLE_DATA or data_uri.startswith("s3://"):
         return data_uri
     folder = _project_path(data_uri)
     if not folder.is_dir():
-        raise SettingsError(
-            f"data_uri={data_uri!r}: no such folder ({folder}). Point it at a folder of class "
-            f"folders (<wnid>/<image>), or use {SAMPLE_DATA!r} for the embedded sample."
-        )
+        raise SettingsError(f"data_uri={data_uri!r}: no such folder ({folder}). Point it at a folder of class "
+                            f"folders (<wnid>/<image>), or use {SAMPLE_DATA!r} for the embedded sample.")
     return str(folder)
 
 
@@ -119,30 +103,16 @@ def _check_output_dir(output_dir) -> Location:
         probe.delete()
     except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid (a bad URI) is a ValueError
         fix = s3_hint() if remote else "Choose a folder you can write to."
-        raise SettingsError(
-            f"output_dir={str(output_dir)!r} is not writable ({str(error).splitlines()[0]}). {fix}"
-        ) from None
+        raise SettingsError(f"output_dir={str(output_dir)!r} is not writable ({str(error).splitlines()[0]}). "
+                            f"{fix}") from None
     return location
 
 
-def resolve(
-    data_uri: str = SAMPLE_DATA,
-    model_name: str = OFFLINE_MODEL,
-    output_dir: str = "outputs",
-    limit: int | None = None,
-    batch_size: int = 32,
-    num_actors: int | None = None,
-) -> Settings:
+def resolve(data_uri: str = SAMPLE_DATA, model_name: str = OFFLINE_MODEL, output_dir: str = "outputs",
+            limit: int | None = None, batch_size: int = 32, num_actors: int | None = None) -> Settings:
     """Validate the notebook parameters and return them resolved."""
     _check_positive_int("limit", limit, allow_none=True)
     _check_positive_int("batch_size", batch_size, allow_none=False)
     _check_positive_int("num_actors", num_actors, allow_none=True)
     check_model_name(model_name)
-    return Settings(
-        data_uri=_check_data_uri(data_uri),
-        model_name=model_name,
-        output_dir=_check_output_dir(output_dir),
-        limit=limit,
-        batch_size=batch_size,
-        num_actors=num_actors,
-    )
+    return Settings(_check_data_uri(data_uri), model_name, _check_output_dir(output_dir), limit, batch_size, num_actors)

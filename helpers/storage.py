@@ -1,9 +1,6 @@
 """Where outputs go: a local folder or an ``s3://`` prefix, written so that a reader never
-sees half of a file.
-
-``Location`` names a file or folder the way ``pathlib.Path`` does (``output_dir / "figures"``)
-on top of a pyarrow filesystem, the same one Ray Data reads and writes with, so that the
-notebooks do not care whether their outputs land on this disk or in a bucket.
+sees half of a file. ``Location`` names a file or folder as ``pathlib.Path`` does
+(``output_dir / "figures"``), on the pyarrow filesystem that Ray Data reads and writes with.
 """
 from __future__ import annotations
 
@@ -21,11 +18,9 @@ import pyarrow.fs
 
 def s3_hint() -> str:
     """What to check when an ``s3://`` URI fails, with the endpoint in use."""
-    return (
-        "Check the bucket and path, the endpoint (AWS_ENDPOINT_URL: "
-        f"{os.environ.get('AWS_ENDPOINT_URL', 'not set')}) and the credentials "
-        "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or s3://anonymous@bucket/... for public data)."
-    )
+    return ("Check the bucket and path, the endpoint (AWS_ENDPOINT_URL: "
+            f"{os.environ.get('AWS_ENDPOINT_URL', 'not set')}) and the credentials "
+            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or s3://anonymous@bucket/... for public data).")
 
 
 @dataclass(frozen=True, repr=False)
@@ -70,9 +65,8 @@ class Location:
 
     def children(self) -> list[Location]:
         """The files and folders directly inside, sorted by name; none if it does not exist."""
-        selector = pyarrow.fs.FileSelector(self.path, allow_not_found=True)
-        return sorted((Location(self.filesystem, info.path, self.scheme)
-                       for info in self.filesystem.get_file_info(selector)), key=lambda child: child.path)
+        infos = self.filesystem.get_file_info(pyarrow.fs.FileSelector(self.path, allow_not_found=True))
+        return sorted((Location(self.filesystem, info.path, self.scheme) for info in infos), key=lambda c: c.path)
 
     def mkdir(self) -> None:
         self.filesystem.create_dir(self.path, recursive=True)
@@ -81,50 +75,40 @@ class Location:
         with self.filesystem.open_input_stream(self.path) as stream:
             return stream.read()
 
-    def read_text(self) -> str:
-        return self.read_bytes().decode()
-
     def write_bytes(self, data: bytes) -> None:
         """Replace the file in one step: a local file is renamed into place; an S3 object
         appears only once its upload completes."""
-        if not self.is_local:
-            with self.filesystem.open_output_stream(self.path) as stream:
-                stream.write(data)
-            return
-        staging = f"{posixpath.dirname(self.path)}/.{self.name}.{uuid.uuid4().hex[:8]}.tmp"
-        self.filesystem.create_dir(posixpath.dirname(self.path), recursive=True)
-        with self.filesystem.open_output_stream(staging) as stream:
+        target = self.path
+        if self.is_local:
+            self.filesystem.create_dir(posixpath.dirname(self.path), recursive=True)
+            target = f"{posixpath.dirname(self.path)}/.{self.name}.{uuid.uuid4().hex[:8]}.tmp"
+        with self.filesystem.open_output_stream(target) as stream:
             stream.write(data)
-        self.filesystem.move(staging, self.path)
-
-    def write_text(self, text: str) -> None:
-        self.write_bytes(text.encode())
+        if target != self.path:
+            self.filesystem.move(target, self.path)
 
     def delete(self) -> None:
         """Remove this file or folder with everything in it; nothing if it does not exist."""
-        info = self.filesystem.get_file_info(self.path)
-        if info.type == pyarrow.fs.FileType.Directory:
+        kind = self.filesystem.get_file_info(self.path).type
+        if kind == pyarrow.fs.FileType.Directory:
             self.filesystem.delete_dir(self.path)
-        elif info.type == pyarrow.fs.FileType.File:
+        elif kind == pyarrow.fs.FileType.File:
             self.filesystem.delete_file(self.path)
 
 
 def write_json(location: Location, payload: dict) -> None:
-    """Replace ``location`` with ``payload`` as indented JSON, atomically."""
-    location.write_text(json.dumps(payload, indent=2) + "\n")
+    """Replace ``location`` with ``payload`` as indented JSON, in one step."""
+    location.write_bytes((json.dumps(payload, indent=2) + "\n").encode())
 
 
 def read_json(location: Location) -> dict:
-    return json.loads(location.read_text())
+    return json.loads(location.read_bytes())
 
 
-def read_parquet(locations: Location | list[Location], columns: list[str] | None = None) -> pd.DataFrame:
-    """One table from a Parquet file, a folder of them, or a list of files."""
-    locations = locations if isinstance(locations, list) else [locations]
-    return pd.concat(
-        [pd.read_parquet(location.path, columns=columns, filesystem=location.filesystem) for location in locations],
-        ignore_index=True,
-    )
+def read_parquet(locations: list[Location], columns: list[str] | None = None) -> pd.DataFrame:
+    """One table from a list of Parquet files."""
+    return pd.concat([pd.read_parquet(location.path, columns=columns, filesystem=location.filesystem)
+                      for location in locations], ignore_index=True)
 
 
 def read_csv(location: Location, **options) -> pd.DataFrame:
@@ -132,4 +116,4 @@ def read_csv(location: Location, **options) -> pd.DataFrame:
 
 
 def write_csv(location: Location, frame: pd.DataFrame, **options) -> None:
-    location.write_text(frame.to_csv(**options))
+    location.write_bytes(frame.to_csv(**options).encode())

@@ -72,7 +72,7 @@ def series_ray(moto_server, tmp_path_factory) -> dict[str, str]:
     variables that make a series join it: ``with mock.patch.dict(os.environ, series_ray): ...``."""
     import contextlib
 
-    from helpers import series
+    import series
 
     with contextlib.ExitStack() as stack:
         with mock.patch.dict(os.environ, moto_server):  # what the head's workers inherit
@@ -90,7 +90,7 @@ def executed(tmp_path_factory, sample_dir, series_ray):
     them). Yields the output folder and the seconds of each step."""
     from pathlib import Path
 
-    from helpers import series
+    import series
 
     kept = os.environ.get("TEST_OUTPUT_DIR")
     output_dir = Path(kept).resolve() if kept else tmp_path_factory.mktemp("series")

@@ -9,11 +9,13 @@ import time
 from pathlib import Path
 from unittest import mock
 
+import nbformat
 import pandas as pd
 import psutil
 import pytest
 
-from helpers import LOOPBACK_ONLY_VARIABLE, PROJECT_ROOT, cluster, sample, series
+from helpers import LOOPBACK_ONLY_VARIABLE, PROJECT_ROOT, cluster, sample
+import series
 from test_long_runs import NOTEBOOK_03, start_notebook_03, wait_for_rows
 
 pytestmark = pytest.mark.slow
@@ -135,7 +137,8 @@ PROBE = """
 import json, os, ray
 from helpers import cluster
 
-info = cluster.start_or_join()
+ray.init(**cluster.init_options())
+info = cluster.describe()
 
 @ray.remote(num_cpus=0, resources={"second_node": 1})
 def where():
@@ -189,24 +192,29 @@ def test_losing_a_node_that_the_plan_needs_stops_the_run_and_a_rerun_completes_i
     the head, leaving no CPU for the read and write tasks (a run that waits for ever). The run
     stops within seconds of the loss, naming the node; run again, it resumes on the head."""
     log = tmp_path / "papermill.log"
-    papermill = start_notebook_03(tmp_path, {}, os.environ.copy(), log)
     try:
-        wait_for_rows(64, tmp_path, papermill, log)
-        assert not (tmp_path / "predictions.json").exists(), "the run completed before the node was killed"
-        lost_at = _kill_node(ray_cluster, 1)
-        papermill.wait(timeout=600)
-        ended_after = time.monotonic() - lost_at
-    finally:
-        if papermill.poll() is None:
-            os.killpg(papermill.pid, signal.SIGKILL)
-    assert papermill.returncode != 0 and ended_after < 600
-    text = (tmp_path / "running.ipynb").read_text()
-    assert "RunError: Lost node" in text and "(127.0.0.1, 1 CPUs)" in text and "it resumes" in text
+        papermill = start_notebook_03(tmp_path, {}, os.environ.copy(), log)
+        try:
+            wait_for_rows(64, tmp_path, papermill, log)
+            assert not (tmp_path / "predictions.json").exists(), "the run completed before the node was killed"
+            lost_at = _kill_node(ray_cluster, 1)
+            papermill.wait(timeout=600)
+            ended_after = time.monotonic() - lost_at
+        finally:
+            if papermill.poll() is None:
+                os.killpg(papermill.pid, signal.SIGKILL)
+        assert papermill.returncode != 0 and ended_after < 600
+        failed = nbformat.read(tmp_path / "running.ipynb", as_version=4)
+        errors = [output for cell in failed.cells for output in cell.get("outputs", []) if output.output_type == "error"]
+        assert [error.ename for error in errors] == ["RunError"], errors
+        assert errors[0].evalue.startswith("Lost node ") and ", 1 CPUs) at " in errors[0].evalue
+        assert "are kept" in errors[0].evalue and "it resumes" in errors[0].evalue
 
-    series.execute_series(tmp_path, {}, notebooks=(NOTEBOOK_03,), progress=False)  # on the head alone
-    manifest = _every_image_once(tmp_path, sample_dir)
-    assert manifest["resumed_rows"] >= 64 and manifest["num_actors"] == 1
-    ray_cluster.stop()  # one node is gone: the next test starts a whole cluster
+        series.execute_series(tmp_path, {}, notebooks=(NOTEBOOK_03,), progress=False)  # on the head alone
+        manifest = _every_image_once(tmp_path, sample_dir)
+        assert manifest["resumed_rows"] >= 64 and manifest["num_actors"] == 1
+    finally:
+        ray_cluster.stop()  # one node is gone: the next test starts a whole cluster
 
 
 @pytest.mark.parametrize("ray_cluster", ["cpus-1-1-2"], indirect=True)

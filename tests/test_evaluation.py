@@ -1,10 +1,9 @@
-import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from helpers import evaluation, settings
+from helpers import evaluation, settings, storage
 
 
 def _frame():
@@ -75,9 +74,9 @@ def _write_run(cfg, rows=3, recorded=3):
     frame.to_parquet(run / "part-0.parquet")
     pd.DataFrame({"path": ["a", "n01/notes.txt"], "reason": ["corrupt", "not an image file"]}).to_csv(
         run / "skipped.csv", index=False)
-    cfg.predictions_manifest.write_text(json.dumps(
-        {"run_id": "run1", "files": ["predictions/run1/part-0.parquet"], "num_rows": recorded,
-         "skipped_file": "predictions/run1/skipped.csv", "num_skipped": 2}))
+    storage.write_json(cfg.predictions_manifest, {"run_id": "run1", "files": ["predictions/run1/part-0.parquet"],
+                                                  "num_rows": recorded, "skipped_file": "predictions/run1/skipped.csv",
+                                                  "num_skipped": 2})
 
 
 def test_check_run_and_check_counts_refuse_missing_partial_and_mismatched_runs(tmp_path):

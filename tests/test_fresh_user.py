@@ -7,11 +7,14 @@ import time
 
 import pytest
 
-from helpers import cluster, data, inference, ray_workarounds, runs, series, settings
+from helpers import cluster, data, inference, ray_workarounds, runs, settings
+import series
 
 JOIN = """
 from helpers import cluster
-info = cluster.start_or_join()
+import ray
+ray.init(**cluster.init_options())
+info = cluster.describe()
 print("joined", len(info.node_sizes), info.cpus)
 """
 
@@ -111,7 +114,7 @@ def local_ray():
 
     if ray.is_initialized():
         ray.shutdown()
-    cluster.start_or_join()
+    ray.init(**cluster.init_options())
     yield
     ray.shutdown()
 

@@ -1,6 +1,5 @@
 import itertools
 import re
-import time
 
 import numpy as np
 import pytest
@@ -135,7 +134,7 @@ def test_every_placement_of_the_actors_leaves_room_for_every_stage(shape):
     for num_actors in _asked(cluster.node_sizes):
         plan = inference.plan_actors(cluster, num_actors)
         assert plan.num_actors == (num_actors or plan.num_actors) and plan.num_actors >= 1
-        assert plan.num_gpus == (1 if cluster.gpus else 0)
+        assert plan.num_gpus == (1 if any(gpus for _, gpus in cluster.node_sizes) else 0)
         assert 0 < plan.task_cpus <= min(c for c, _ in cluster.node_sizes if c) / 2 and plan.decode_cpus > 0
         task = round(max(plan.task_cpus, 0 if plan.decodes_in_actors else plan.decode_cpus) * UNITS)
         share = round(plan.num_cpus * UNITS)
@@ -222,17 +221,6 @@ def test_describe_predictions_gives_plain_arrow_columns_and_nulls_for_unreadable
     assert row["top5_index"] == [281, 282, 285, 0, 1]
     assert unreadable["top1_name"] is None and unreadable["top5_wnid"] is None
     assert str(table.schema.field("top5_wnid").type) == "list<item: string>"
-
-
-def test_images_per_second_times_the_best_call_after_a_warm_up():
-    calls = []
-
-    def classify(batch):
-        calls.append(len(batch))
-        time.sleep(0.05 if len(calls) > 1 else 0.5)  # the warm-up is slow
-
-    rate = inference.images_per_second(classify, list(range(10)), repeats=2)
-    assert calls == [10, 10, 10] and 100 < rate < 200
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)

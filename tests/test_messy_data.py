@@ -27,7 +27,8 @@ import torch
 from PIL import Image
 
 import ray
-from helpers import data, evaluation, inference, runs, sample, series, settings, storage
+from helpers import data, evaluation, inference, runs, sample, settings, storage
+import series
 from helpers.data import UnreadableImage
 from helpers.storage import Location
 
@@ -285,21 +286,18 @@ UNREADABLE_KINDS = {
 
 
 @pytest.mark.parametrize("kind", READABLE_KINDS)
-def test_decode_row_of_a_readable_image(kind):
+def test_every_readable_kind_decodes_to_rgb_at_its_size(kind):
     make, (height, width) = READABLE_KINDS[kind]
-    row = data.decode_row({"bytes": make(), "path": "/d/n01440764/sub/x.png"}, "/d")
-    assert row["error"] == "" and row["label"] == "n01440764" and row["path"] == "/d/n01440764/sub/x.png"
-    assert row["image"].shape == (height, width, 3) and row["image"].dtype == np.uint8
+    image = data.decode_image(make())
+    assert tuple(image.shape) == (3, height, width) and image.dtype == torch.uint8
 
 
 @pytest.mark.parametrize("kind", UNREADABLE_KINDS)
-def test_decode_row_keeps_an_unreadable_file_with_its_reason(kind):
+def test_every_unreadable_kind_is_refused_with_its_reason(kind):
     make, prefix = UNREADABLE_KINDS[kind]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        row = data.decode_row({"bytes": make(), "path": "/d/my_holiday/x.jpg"}, "/d")
-    assert row["error"].startswith(prefix) and (prefix != EMPTY or row["error"] == EMPTY)
-    assert row["label"] == "my_holiday" and row["image"].shape == (1, 1, 3)
+    with pytest.raises(UnreadableImage) as raised:
+        _decode(make())
+    assert str(raised.value).startswith(prefix) and (prefix != EMPTY or str(raised.value) == EMPTY)
 
 
 # ---------------------------------------------------------------- the messy folder
@@ -523,7 +521,8 @@ def ray_here(series_output):
     """Ray in this process, only once the notebooks (each joining the series' Ray) are done."""
     from helpers import cluster
 
-    info = cluster.start_or_join()
+    ray.init(**cluster.init_options())
+    info = cluster.describe()
     yield info
     ray.shutdown()
 
@@ -545,7 +544,7 @@ def _load(cfg) -> tuple[pd.DataFrame, dict]:
 @pytest.mark.timeout(600)  # a run that waits for CPUs a failed run still holds hangs
 def test_a_failed_rerun_keeps_the_previous_predictions_and_its_own_files(messy, series_output, ray_here):
     cfg = settings.resolve(data_uri=series_output.data_uri, output_dir=str(series_output.outputs), batch_size=8)
-    manifest_before = cfg.predictions_manifest.read_text()
+    manifest_before = cfg.predictions_manifest.read_bytes()
     frame_before, manifest = _load(cfg)
     plan = inference.plan_actors(ray_here, None, reads_from_a_bucket=True)
     listing = data.list_files(cfg.data_uri)
@@ -577,7 +576,7 @@ def test_a_failed_rerun_keeps_the_previous_predictions_and_its_own_files(messy, 
     assert "killed midway" in "".join(traceback.format_exception(raised.value))
     del raised
 
-    assert cfg.predictions_manifest.read_text() == manifest_before
+    assert cfg.predictions_manifest.read_bytes() == manifest_before
     frame_after, manifest_after = _load(cfg)
     assert manifest_after["run_id"] == manifest["run_id"]
     pd.testing.assert_frame_equal(frame_after, frame_before)
@@ -603,12 +602,12 @@ def test_a_run_whose_skipped_list_is_missing_or_miscounted_is_refused(series_out
         (copy / name).parent.mkdir(parents=True, exist_ok=True)
         (copy / name).write_bytes((out / name).read_bytes())
     cfg = settings.resolve(output_dir=str(copy))
-    cfg.predictions_manifest.write_text(json.dumps({**manifest, "num_skipped": manifest["num_skipped"] + 1}))
+    cfg.predictions_manifest.write_bytes(json.dumps({**manifest, "num_skipped": manifest["num_skipped"] + 1}).encode())
     frame, _ = _load(cfg)
     skipped = storage.read_csv(cfg.output_dir / manifest["skipped_file"], keep_default_na=False)
     with pytest.raises(evaluation.PredictionsError, match="but the run recorded"):
         evaluation.check_counts(frame, skipped, storage.read_json(cfg.predictions_manifest))
-    cfg.predictions_manifest.write_text(json.dumps(manifest))
+    cfg.predictions_manifest.write_bytes(json.dumps(manifest).encode())
     (copy / manifest["skipped_file"]).unlink()
     with pytest.raises(evaluation.PredictionsError, match=r"1 file\(s\) missing"):
         evaluation.check_run(cfg)

@@ -12,7 +12,7 @@ import nbformat
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import series
+import series
 from conftest import SERIES_LIMIT as LIMIT
 
 NOISE = ("Traceback", "Warning", "WARNING", "DeprecationWarning", "FutureWarning", " E ", "ERROR")

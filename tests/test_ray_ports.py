@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers import series
+import series
 
 pytestmark = pytest.mark.slow
 

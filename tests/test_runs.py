@@ -165,12 +165,14 @@ def test_publish_needs_every_image_once_then_replaces_what_it_supersedes(images,
     cfg = settings.resolve(images, output_dir=output)
     listing = data.list_files(images)
     other = _killed_run(cfg, "20261201-090000-cccccc", listing.images[:1], limit=3)  # other settings: kept
+    last = _killed_run(cfg, "20261201-080000-dddddd", listing.images[:2], limit=2)  # the last complete run
+    storage.write_json(cfg.predictions_manifest, {"run_id": last.name})
     killed = _killed_run(cfg, "20261201-100000-aaaaaa", listing.images[:4], made_by=CODE)
     run = runs.open_run(cfg, listing)
     (run.location / "part-1.parquet").write_bytes(_parquet(listing.images[4:11]))
     with pytest.raises(runs.RunError, match="holds 11 of the 12 images"):
         run.publish()
-    assert not cfg.predictions_manifest.exists()
+    assert storage.read_json(cfg.predictions_manifest) == {"run_id": last.name}
     (run.location / "part-2.parquet").write_bytes(_parquet(listing.images[11:]))
     summary = run.publish()
     assert summary.run_id == killed.name and summary.num_rows == 12 and summary.resumed_rows == 4

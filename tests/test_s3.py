@@ -10,7 +10,8 @@ import pytest
 
 from unittest import mock
 
-from helpers import data, series, settings, storage
+from helpers import data, settings, storage
+import series
 from helpers.cluster import free_port
 
 BUCKET = "imagenette-like"

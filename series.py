@@ -1,6 +1,7 @@
-"""Execute the four notebooks in order with papermill: ``make run`` and the tests use this.
+"""What ``make run`` and ``make data`` run (the notebooks never import it; the tests do):
+the four notebooks in order with papermill, and Imagenette for offline workshops.
 
-    python -m helpers.series --output-dir outputs -p limit=50 -p model_name=resnet152
+    python -m series --output-dir outputs -p limit=50 -p model_name=resnet152
 
 Unless ``RAY_ADDRESS`` names a cluster already, one local Ray head is started for the whole
 series (on 127.0.0.1, token authentication on) and each notebook joins it, so the series
@@ -15,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from unittest import mock
@@ -98,6 +100,22 @@ def execute_series(output_dir: str | Path, parameters: dict | None = None, noteb
             if progress:
                 print(f"{notebook.stem}: {seconds[notebook.stem]:.1f} s", flush=True)
     return seconds
+
+
+def fetch_imagenette(size: str = "160", root: str | Path = PROJECT_ROOT / "data") -> Path:
+    """Imagenette (``size`` 160, 320 or full) downloaded and md5-checked by torchvision into
+    ``root/imagenette2-<size>/{train,val}/<wnid>/``, unless that folder exists. (torchvision
+    unpacks in place, so an interrupted unpack would pass for complete: here it unpacks in a
+    staging folder, renamed into place whole; the archive goes with it.)"""
+    from torchvision.datasets import Imagenette
+
+    folder = Path(root) / ("imagenette2" if size == "full" else f"imagenette2-{size}")
+    if not folder.exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{folder.name}-", dir=folder.parent) as staging:
+            Imagenette(staging, size=size if size == "full" else f"{size}px", download=True)
+            os.replace(Path(staging) / folder.name, folder)
+    return folder
 
 
 def _parameter(text: str) -> tuple[str, object]:
