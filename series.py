@@ -64,7 +64,8 @@ def wait_until_started(log_path: Path, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + RAY_START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"`ray start` exited with code {process.returncode}: see {log_path}")
+            last_lines = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+            raise RuntimeError(f"`ray start` exited with code {process.returncode}; the end of {log_path}:\n{last_lines}")
         if b"Ray runtime started" in log_path.read_bytes():
             return
         time.sleep(0.5)
@@ -79,6 +80,7 @@ def execute_series(output_dir: str | Path, parameters: dict | None = None, noteb
     another ``output_dir`` (an ``s3://`` URI, say); executed notebooks and logs stay here.
     """
     import papermill
+    from traitlets.config import Config
 
     output_dir = Path(output_dir).resolve()
     (output_dir / "notebooks").mkdir(parents=True, exist_ok=True)
@@ -89,12 +91,16 @@ def execute_series(output_dir: str | Path, parameters: dict | None = None, noteb
             variables = stack.enter_context(ray_head(output_dir / "logs" / "ray-head.log"))
             stack.enter_context(mock.patch.dict(os.environ, variables))
         seconds = {"ray_start": round(time.perf_counter() - started, 1)}
+        # Kernels talk to papermill over Unix sockets, not TCP ports (whose kernels warn on stderr).
+        sockets = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kernels-")))
+        kernels = Config(KernelManager={"transport": "ipc", "ip": str(sockets / "kernel")})
         for notebook in notebooks:
             started = time.perf_counter()
             papermill.execute_notebook(
                 str(notebook), str(output_dir / "notebooks" / notebook.name),
                 parameters={"output_dir": str(output_dir), **(parameters or {})}, kernel_name="python3",
                 cwd=str(notebook.parent), progress_bar=progress, execution_timeout=CELL_TIMEOUT_S,
+                config=kernels,
             )
             seconds[notebook.stem] = round(time.perf_counter() - started, 1)
             if progress:

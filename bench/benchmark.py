@@ -181,11 +181,17 @@ def dataloader_loop(predictor: Predictor, listing: data.Listing, paths: list[str
 
 
 def notebook_03(parameters: dict) -> dict:
-    """Notebook 03 run with papermill on ``parameters`` into a scratch folder: its manifest."""
+    """Notebook 03 run with papermill on ``parameters`` into a scratch folder: its manifest, which
+    must hold a steady images/s."""
     with tempfile.TemporaryDirectory() as output_dir:
         settle()
         series.execute_series(output_dir, parameters, notebooks=(NOTEBOOK_03,), progress=False)
-        return json.loads((Path(output_dir) / "predictions.json").read_text())
+        manifest = json.loads((Path(output_dir) / "predictions.json").read_text())
+    if manifest["images_per_second"] is None:
+        raise SystemExit(f"notebook 03 on {manifest['num_images']} images in batches of {parameters['batch_size']} "
+                         "had no steady rate (no batch ended after the last actor's first): raise --limit "
+                         "or --bucket-folders, or lower --batch-size")
+    return manifest
 
 
 def from_a_bucket(args: argparse.Namespace) -> dict:

@@ -28,6 +28,7 @@ class ActorPlan:
     threads: int  # PyTorch threads per actor
     task_cpus: float  # reserved by each write task, and by each read task of local files
     read_cpus: float  # reserved by each read task
+    read_tasks: int | None = None  # read tasks for the whole read (None: Ray's default)
 
     @property
     def decodes_in_actors(self) -> bool:
@@ -44,7 +45,8 @@ class ActorPlan:
     def __str__(self) -> str:
         gpu = " + 1 GPU" if self.num_gpus else ""
         return (f"{self.num_actors} actor(s) x {self.num_cpus:g} CPU{gpu} ({self.threads} thread(s) each); "
-                f"{self.task_cpus:g} CPU per write task, {self.read_cpus:g} per read task")
+                f"{self.task_cpus:g} CPU per write task, {self.read_cpus:g} per read task"
+                + (f" ({self.read_tasks} read tasks)" if self.read_tasks else ""))
 
     def fits(self, node_sizes: tuple[tuple[float, float], ...]) -> bool:
         """Whether these nodes hold every actor and, however Ray places them, leave some node
@@ -70,7 +72,9 @@ def plan_actors(cluster: ClusterInfo, num_actors: int | None, reads_from_a_bucke
     than one of two threads on 2 cores), else an actor of 4 threads per 4 cores. A task reserves
     a whole CPU (half the smallest node where that is less), so one worker process serves them in
     turn instead of Ray starting one (~2.5 s of CPU) whenever two meet; reads from a bucket
-    reserve an eighth of it, so that eight wait for their requests at once. A given
+    reserve an eighth of it, so that eight wait for their requests at once, and come as eight
+    read tasks per node: Ray's default of up to 200 small ones cost a third of the images/s
+    from a bucket on 2 CPUs, with or without latency. A given
     ``num_actors`` share what the tasks leave; more than CPUs (or GPUs) fail, naming the nodes.
     """
     cpu_nodes = [cpus for cpus, _ in cluster.node_sizes if cpus > 0]
@@ -87,7 +91,7 @@ def plan_actors(cluster: ClusterInfo, num_actors: int | None, reads_from_a_bucke
         actors, task_cpus = num_actors or most, min(0.5, task_cpus)
         share = min(1.0, *(max(0.0, cpus - task_cpus) / gpus for cpus, gpus in gpu_nodes))
         threads = max(1, int(sum(cpus for cpus, _ in gpu_nodes)) // actors)
-        return _plan(actors, share, 1, threads, task_cpus, reads_from_a_bucket)
+        return _plan(actors, share, 1, threads, task_cpus, reads_from_a_bucket and len(cpu_nodes))
     for_tasks = [max(task_cpus, cpus // 4) for cpus in cpu_nodes]
     if num_actors:
         actors = num_actors
@@ -98,13 +102,15 @@ def plan_actors(cluster: ClusterInfo, num_actors: int | None, reads_from_a_bucke
         actors = sum(intended)
         share = min((cpus - kept) / k for cpus, kept, k in zip(cpu_nodes, for_tasks, intended))
     threads = max(1, min(int(sum(cpu_nodes)) // actors, int(max(cpu_nodes))))  # no more than a node has
-    return _plan(actors, share, 0, threads, task_cpus, reads_from_a_bucket)
+    return _plan(actors, share, 0, threads, task_cpus, reads_from_a_bucket and len(cpu_nodes))
 
 
-def _plan(actors: int, share: float, gpus: int, threads: int, task_cpus: float, bucket: bool) -> ActorPlan:
-    """Shares rounded down to Ray's resolution, so that Ray's sums agree with the plan's."""
-    read_cpus = task_cpus / READS_AT_ONCE_FROM_A_BUCKET if bucket else task_cpus
-    return ActorPlan(actors, math.floor(share * UNITS + 1e-6) / UNITS, gpus, threads, task_cpus, read_cpus)
+def _plan(actors: int, share: float, gpus: int, threads: int, task_cpus: float, bucket_nodes: int) -> ActorPlan:
+    """Shares rounded down to Ray's resolution, so that Ray's sums agree with the plan's;
+    ``bucket_nodes``: the CPU nodes that read from a bucket (0: local files)."""
+    read_cpus = task_cpus / READS_AT_ONCE_FROM_A_BUCKET if bucket_nodes else task_cpus
+    return ActorPlan(actors, math.floor(share * UNITS + 1e-6) / UNITS, gpus, threads, task_cpus, read_cpus,
+                     READS_AT_ONCE_FROM_A_BUCKET * bucket_nodes or None)
 
 
 def _largest_share(cpu_nodes: list[float], actors: int) -> float:

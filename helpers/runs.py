@@ -68,7 +68,8 @@ class RunSummary:
     def __str__(self) -> str:
         return (f"{self.num_images} images classified, {self.num_skipped} files skipped, in {self.seconds:.1f} s "
                 f"with {self.num_actors} actor(s): " + (f"{self.images_per_second} images/s once every actor was up"
-                                                       if self.images_per_second else "too few batches for a rate"))
+                                                       if self.images_per_second else "no steady rate (it needs "
+                                                       "predicted_at and actor columns, and 2 batches an actor)"))
 
 
 @dataclass

@@ -27,7 +27,13 @@ def test_two_cpus_get_two_single_threaded_actors_that_leave_a_core_for_the_tasks
 
 def test_reads_from_a_bucket_reserve_an_eighth_so_that_eight_wait_at_once():
     plan = inference.plan_actors(_cluster(2), None, reads_from_a_bucket=True)
-    assert (plan.task_cpus, plan.read_cpus) == (1, 0.125)
+    assert (plan.task_cpus, plan.read_cpus, plan.read_tasks) == (1, 0.125, 8)
+    assert str(plan).endswith("1 CPU per write task, 0.125 per read task (8 read tasks)")
+    assert inference.plan_actors(_cluster(2), None).read_tasks is None  # local files: Ray's default
+
+
+def test_a_bucket_read_comes_as_eight_read_tasks_per_cpu_node():
+    assert inference.plan_actors(_nodes((0, 0), (2, 0), (4, 0)), None, reads_from_a_bucket=True).read_tasks == 16
 
 
 @pytest.mark.parametrize("cpus, tasks_at_once", [(1, 1), (2, 1), (4, 1), (8, 2), (16, 4), (64, 16)])

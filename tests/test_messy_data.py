@@ -527,15 +527,6 @@ def ray_here(series_output):
     ray.shutdown()
 
 
-class Stub:
-    """A classifier for the runs' machinery, not for the predictions: always *tench*."""
-
-    def __call__(self, batch: dict) -> dict:
-        ok = batch["error"] == ""
-        return inference.describe_predictions(np.ones((ok.sum(), 5), np.float32), np.zeros((ok.sum(), 5), int), ok,
-                                              path=batch["path"], label=batch["label"], error=batch["error"])
-
-
 def _load(cfg) -> tuple[pd.DataFrame, dict]:
     manifest = evaluation.check_run(cfg)
     return storage.read_parquet([cfg.output_dir / name for name in manifest["files"]]), manifest
@@ -557,6 +548,14 @@ def test_a_failed_rerun_keeps_the_previous_predictions_and_its_own_files(messy, 
         except data.UnreadableImage as unreadable:
             error = str(unreadable)
         return {"path": row["path"], "label": data.class_folder(row["path"], listing.root), "error": error}
+
+    class Stub:  # local, as the functions below, so that Ray's workers get it by value
+        """A classifier for the runs' machinery, not for the predictions: always *tench*."""
+
+        def __call__(self, batch: dict) -> dict:
+            ok = batch["error"] == ""
+            return inference.describe_predictions(np.ones((ok.sum(), 5), np.float32), np.zeros((ok.sum(), 5), int),
+                                                  ok, path=batch["path"], label=batch["label"], error=batch["error"])
 
     def killed_midway(row: dict) -> dict:  # local, so that Ray's workers get it by value
         if row["path"] >= midway:
