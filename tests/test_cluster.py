@@ -57,25 +57,20 @@ class LoopbackClusters:
             self.stop()
             port = series.free_port()
             self.address = f"127.0.0.1:{port}"
-            self._start([(["--head", f"--port={port}", f"--num-cpus={cpus[0]}", "--include-dashboard=false"],
-                          PROJECT_ROOT)])
+            self._start(["--head", f"--port={port}", f"--num-cpus={cpus[0]}", "--include-dashboard=false"],
+                        PROJECT_ROOT)
             self.cpus = cpus[:1]
-        new = [([f"--address={self.address}", f"--num-cpus={count}",
-                 *(['--resources={"second_node": 1}'] if index == 1 else [])], self.elsewhere)
-               for index, count in enumerate(cpus[len(self.cpus):], len(self.cpus))]
-        self._start(new)  # side by side: each waits for its own start
+        for index, count in enumerate(cpus[len(self.cpus):], len(self.cpus)):  # one by one: two side by
+            self._start([f"--address={self.address}", f"--num-cpus={count}",  # side timed out on 2 cores
+                         *(['--resources={"second_node": 1}'] if index == 1 else [])], self.elsewhere)
         self.cpus = cpus
         os.environ["RAY_ADDRESS"] = self.address
 
-    def _start(self, nodes: list[tuple[list[str], Path]]) -> None:
-        launched = []
-        for arguments, cwd in nodes:
-            log_path = self.logs / f"node-{len(self.processes)}.log"
-            self.processes.append(_launch(arguments, cwd, log_path))
-            launched.append((log_path, self.processes[-1]))
+    def _start(self, arguments: list[str], cwd: Path) -> None:
+        log_path = self.logs / f"node-{len(self.processes)}.log"
+        self.processes.append(_launch(arguments, cwd, log_path))
         try:
-            for log_path, process in launched:
-                series.wait_until_started(log_path, process)
+            series.wait_until_started(log_path, self.processes[-1])
         except BaseException:  # not started, or interrupted: leave no Ray behind
             self.stop()
             raise
