@@ -73,7 +73,7 @@ def plan_actors(cluster: ClusterInfo, num_actors: int | None, reads_from_a_bucke
     a whole CPU (half the smallest node where that is less), so one worker process serves them in
     turn instead of Ray starting one (~2.5 s of CPU) whenever two meet; reads from a bucket
     reserve an eighth of it, so that eight wait for their requests at once, and come as eight
-    read tasks per node: Ray's default of up to 200 small ones cost a third of the images/s
+    read tasks per node: Ray's default of up to 200 small ones cost over a quarter of the images/s
     from a bucket on 2 CPUs, with or without latency. A given
     ``num_actors`` share what the tasks leave; more than CPUs (or GPUs) fail, naming the nodes.
     """

@@ -119,6 +119,7 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.mark.slow  # four failed runs and their clean-up: a minute
 @pytest.mark.timeout(600)  # a run that waits for CPUs a failed run still holds hangs
 @pytest.mark.parametrize(("delay", "fail_at"), [(0.0, 0), (1.5, 0), (0.0, 30), (1.5, 30)])
 def test_a_failed_run_leaves_no_actor_and_no_cpu_behind_and_keeps_its_files(local_ray, tmp_path, delay, fail_at):

@@ -32,6 +32,8 @@ import series
 from helpers.data import UnreadableImage
 from helpers.storage import Location
 
+pytestmark = pytest.mark.slow  # the messy series on S3: minutes
+
 EMPTY = "empty file (0 bytes)"
 UNKNOWN = "not a readable image (unknown or corrupt format)"
 CORRUPT = "corrupt or truncated: "

@@ -99,6 +99,7 @@ def _accuracy(model, spec, images, folder, acceptable):
             np.mean([not right.isdisjoint(best) for best, right in zip(top5, acceptable)]))
 
 
+@pytest.mark.slow  # the model on all 504 crops: a minute
 def test_offline_model_recognises_the_real_photographs(sample_dir):
     """The hand-labelled photos: right preprocessing scores well, ImageNet mean/std worse."""
     batch = _sample_batch(sample_dir)

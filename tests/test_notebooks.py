@@ -183,6 +183,7 @@ def test_nbval_reproduces_the_deterministic_cells(executed, series_ray):
     assert " passed" in result.stdout
 
 
+@pytest.mark.slow  # the solutions of all four notebooks: minutes
 def test_the_worked_solutions_run(executed, series_ray, tmp_path):
     """The exercise solutions, on a copy of the series' outputs (04's needs 03's predictions)."""
     output_dir, _ = executed
