@@ -94,8 +94,7 @@ def _pipeline(folder, fail_from: str | None, delay: float = 0.0):
             time.sleep(0.02)
             return batch
 
-    ds = ray.data.read_binary_files(str(folder), include_paths=True, override_num_blocks=6,
-                                    ray_remote_args={"num_cpus": 1})
+    ds = ray.data.read_binary_files(str(folder), include_paths=True, override_num_blocks=6, num_cpus=1)
     ds = ds.map(lambda row: {"path": row["path"], "size": len(row["bytes"])})
     ds = ds.map_batches(_Slow, fn_constructor_args=(delay,), batch_size=4,
                         compute=ray.data.ActorPoolStrategy(size=2), num_cpus=0.5)
