@@ -81,6 +81,7 @@ def plan_actors(cluster: ClusterInfo, num_actors: int | None, reads_from_a_bucke
     if not cpu_nodes:
         raise SettingsError("Ray reports no CPUs: check the cluster (`ray status`).")
     task_cpus = min(1.0, min(cpu_nodes) / 2)
+    bucket_nodes = len(cpu_nodes) if reads_from_a_bucket else 0
     gpu_nodes = [(cpus, int(gpus)) for cpus, gpus in cluster.node_sizes if gpus >= 1]
     most = sum(gpus for _, gpus in gpu_nodes) or sum(int(cpus) for cpus in cpu_nodes)
     if num_actors and num_actors > most:
@@ -91,7 +92,7 @@ def plan_actors(cluster: ClusterInfo, num_actors: int | None, reads_from_a_bucke
         actors, task_cpus = num_actors or most, min(0.5, task_cpus)
         share = min(1.0, *(max(0.0, cpus - task_cpus) / gpus for cpus, gpus in gpu_nodes))
         threads = max(1, int(sum(cpus for cpus, _ in gpu_nodes)) // actors)
-        return _plan(actors, share, 1, threads, task_cpus, reads_from_a_bucket and len(cpu_nodes))
+        return _plan(actors, share, 1, threads, task_cpus, bucket_nodes)
     for_tasks = [max(task_cpus, cpus // 4) for cpus in cpu_nodes]
     if num_actors:
         actors = num_actors
@@ -102,7 +103,7 @@ def plan_actors(cluster: ClusterInfo, num_actors: int | None, reads_from_a_bucke
         actors = sum(intended)
         share = min((cpus - kept) / k for cpus, kept, k in zip(cpu_nodes, for_tasks, intended))
     threads = max(1, min(int(sum(cpu_nodes)) // actors, int(max(cpu_nodes))))  # no more than a node has
-    return _plan(actors, share, 0, threads, task_cpus, reads_from_a_bucket and len(cpu_nodes))
+    return _plan(actors, share, 0, threads, task_cpus, bucket_nodes)
 
 
 def _plan(actors: int, share: float, gpus: int, threads: int, task_cpus: float, bucket_nodes: int) -> ActorPlan:
