@@ -19,9 +19,7 @@ class ClusterInfo:
     node_sizes: tuple[tuple[float, float], ...]
     object_store_bytes: float = 0.0
 
-    @property
-    def cpus(self) -> float:
-        return sum(cpus for cpus, _ in self.node_sizes)
+    cpus = property(lambda self: sum(cpus for cpus, _ in self.node_sizes))
 
     def describe_nodes(self) -> str:
         """The node sizes in words: "1, 2 CPUs", or "8 CPUs + 2 GPUs, 4 CPUs" with GPUs."""
@@ -31,16 +29,14 @@ class ClusterInfo:
 
     def __str__(self) -> str:
         import ray
-
         return (f"Ray {ray.__version__}: {len(self.node_sizes)} node(s) ({self.describe_nodes()}), "
                 f"{self.object_store_bytes / 2**30:.1f} GiB object store")
 
 
 def ensure_auth_token() -> Path | None:
     """Make sure Ray's token file (``RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``) exists,
-    readable by its owner only, and return it; None where ``RAY_AUTH_TOKEN`` holds the token. A
-    new user has none (``ray start`` fails without it, ``ray.init`` writes one readable by all).
-    The token is never printed or logged."""
+    readable by its owner only (a new user has none), and return it; None where
+    ``RAY_AUTH_TOKEN`` holds the token. The token is never printed."""
     if os.environ.get("RAY_AUTH_TOKEN"):
         return None
     path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
@@ -65,16 +61,10 @@ def free_port() -> int:
 
 def init_options() -> dict:
     """Keyword arguments for ``ray.init``: join ``RAY_ADDRESS``, or start a local instance on
-    127.0.0.1 only, with token authentication and the dashboard on 127.0.0.1.
-
-    On a cluster ``helpers`` travels to every worker (``runtime_env``); a Ray on this machine
-    alone (a local instance, ``make run``'s head) does without: shipping it made every worker
-    wait 5 s or more here. What workers print shows in the notebook; Ray Data logs warnings and
-    errors only. A run starts once its whole actor pool is up: a short run that ended while an
-    actor was starting made Ray log a red "Failed to kill actor" line.
-    """
+    127.0.0.1 only, with token authentication and the dashboard on 127.0.0.1. On a cluster
+    ``helpers`` travels to every worker (``runtime_env``); a Ray on this machine alone does
+    without (shipping it cost each worker 5 s here). A run waits for its whole actor pool."""
     import ray.data
-
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     context = ray.data.DataContext.get_current()  # set before any Dataset: each keeps a copy
     context.print_on_execution_start = False
@@ -97,13 +87,11 @@ def init_options() -> dict:
 def live_nodes() -> dict[str, dict]:
     """The live nodes, by ID: ``ray.nodes()`` entries with ``Alive``."""
     import ray
-
     return {node["NodeID"]: node for node in ray.nodes() if node["Alive"]}
 
 
 def describe() -> ClusterInfo:
     """The cluster this process is connected to: its live nodes and their resources."""
     import ray
-
     sizes = [(node["Resources"].get("CPU", 0.0), node["Resources"].get("GPU", 0.0)) for node in live_nodes().values()]
     return ClusterInfo(tuple(sorted(sizes)), ray.cluster_resources().get("object_store_memory", 0.0))

@@ -1,6 +1,5 @@
-"""Images in class folders, local or ``s3://``: listing a messy folder (anything that is not
-an image in a class folder is set aside with the reason) and decoding any image file, or
-saying why it cannot be decoded.
+"""Images in class folders, local or ``s3://``: listing a messy folder (what is not an image in
+a class folder is set aside with the reason), and decoding an image file or saying why not.
 """
 from __future__ import annotations
 
@@ -40,9 +39,7 @@ class Listing:
     images: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
 
-    @property
-    def in_a_bucket(self) -> bool:
-        return not isinstance(self.filesystem, pyarrow.fs.LocalFileSystem)
+    in_a_bucket = property(lambda self: not isinstance(self.filesystem, pyarrow.fs.LocalFileSystem))
 
     def read_bytes(self, path: str) -> bytes:
         """One file's bytes, as ``read_binary_files`` reads them."""
@@ -52,13 +49,6 @@ class Listing:
 def resolve_data_uri(data_uri: str) -> str:
     """The folder or URI to read: the embedded sample is built on first use."""
     return str(sample.ensure_sample()) if data_uri == SAMPLE_DATA else data_uri
-
-
-def filesystem_and_root(data_uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    """The pyarrow filesystem for a local folder or an ``s3://`` URI, and the path inside it."""
-    if "://" in data_uri:
-        return pyarrow.fs.FileSystem.from_uri(data_uri)
-    return pyarrow.fs.LocalFileSystem(), data_uri
 
 
 def class_folder(path: str, root: str) -> str:
@@ -78,7 +68,8 @@ def _skip_reason(relative: PurePosixPath) -> str | None:
 
 def list_files(data_uri: str) -> Listing:
     """Every file under ``data_uri``, sorted: images to read, and the others with a reason."""
-    filesystem, root = filesystem_and_root(resolve_data_uri(data_uri))
+    where = Location.parse(resolve_data_uri(data_uri))
+    filesystem, root = where.filesystem, where.path
     listing = Listing(filesystem, root)
     try:
         infos = filesystem.get_file_info(pyarrow.fs.FileSelector(root, recursive=True))
@@ -112,8 +103,7 @@ def select_images(paths: list[str], root: str, limit: int | None) -> list[str]:
 
 
 def decodable_images(listing: Listing, count: int) -> list[str]:
-    """Up to ``count`` image paths, from every class in turn, that decode cleanly: a folder
-    with no bad file in it, for ``ray.data.read_images``."""
+    """Up to ``count`` image paths, from every class in turn, that decode: for ``read_images``."""
     clean = []
     for path in select_images(listing.images, listing.root, min(len(listing.images), 2 * count)):
         try:
@@ -136,11 +126,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def decode_image(data: bytes, at_least: int | None = None) -> torch.Tensor:
-    """Encoded bytes -> 3 x H x W uint8 RGB, EXIF orientation applied; ``UnreadableImage``
-    with the reason for empty, corrupt, truncated, non-image and over-large files. With
-    ``at_least``, a large JPEG is decoded at a reduced scale (libjpeg's DCT scaling) whose
-    short side stays at least that many pixels. (Pillow: torchvision.io's decoders are
-    deprecated since 0.29.)"""
+    """Encoded bytes -> 3 x H x W uint8 RGB, EXIF-rotated, or ``UnreadableImage`` with the reason.
+    With ``at_least``, a large JPEG is decoded at a reduced scale (libjpeg's), its short side at
+    least that. (Pillow: torchvision.io's decoders are deprecated since 0.29.)"""
     if not data:
         raise UnreadableImage("empty file (0 bytes)")
     try:

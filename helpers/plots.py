@@ -12,7 +12,7 @@ import pandas as pd
 from PIL import Image
 
 from helpers import sample
-from helpers.data import decode_image, filesystem_and_root, resolve_data_uri
+from helpers.data import decode_image, resolve_data_uri
 from helpers.labels import label_to_name
 from helpers.settings import SAMPLE_DATA
 from helpers.storage import Location
@@ -52,7 +52,7 @@ def size_scatter(images: pd.DataFrame) -> plt.Figure:
 
 def misclassified_figure(wrong: pd.DataFrame, data_uri: str) -> plt.Figure:
     """A grid of wrongly classified images with their true label and top-1 prediction."""
-    filesystem, _ = filesystem_and_root(resolve_data_uri(data_uri))
+    filesystem = Location.parse(resolve_data_uri(data_uri)).filesystem
     titles = [f"true: {label_to_name(label)}\npred: {name} ({score:.2f})"
               for label, name, score in zip(wrong["label"], wrong["top1_name"], wrong["top1_score"])]
     return image_grid([load_thumbnail(path, filesystem) for path in wrong["path"]], titles)

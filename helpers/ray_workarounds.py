@@ -20,7 +20,6 @@ import ray
 def live_actors() -> set[str]:
     """IDs of this job's live actors, detached ones (Ray Data's own helpers) left out."""
     from ray._private import state
-
     job = ray.get_runtime_context().get_job_id()
     return {actor_id for actor_id, actor in state.actors().items()
             if actor["State"] != "DEAD" and not actor["IsDetached"] and actor["JobID"] == job}
@@ -64,13 +63,10 @@ def hide_harmless_lines() -> None:
 
 def _forward(read_end: int, sink: int) -> None:
     """Copy the pipe to ``sink`` line by line, without the harmless lines."""
-    with os.fdopen(read_end, "rb", buffering=0) as pipe:
-        pending = b""
-        while chunk := pipe.read(65536):
-            *lines, pending = (pending + chunk).split(b"\n")
-            kept = [line + b"\n" for line in lines if not HARMLESS_LINES.search(line.decode(errors="replace"))]
-            if kept:
-                os.write(sink, b"".join(kept))
+    with os.fdopen(read_end, "rb") as pipe, os.fdopen(sink, "wb", buffering=0) as out:
+        for line in pipe:
+            if not HARMLESS_LINES.search(line.decode(errors="replace")):
+                out.write(line)
 
 
 class _LineFilter:

@@ -1,13 +1,8 @@
-"""A run of notebook 03: what it reads, where it writes, and when its predictions replace the
-last complete ones (``open_run``, ``Run.writing``, ``Run.publish``; notebook 03 shows how).
-
-Each run has a folder under ``<output_dir>/predictions/``, whose ``run.json`` records the
-settings it classifies (``data_uri``, ``model_name``, ``limit``) and what made its rows (the
-model, a fingerprint of the code given to ``writing``). Its Parquet files are the checkpoint:
-a complete file holds whole rows. A run that is killed, stopped, loses a node or fails keeps
-its folder; the next ``open_run`` with the same settings resumes it, reading only the images
-that no complete file holds, unless it failed on an error raised in your code (you will
-change the code): then a new run starts. Only ``publish`` deletes the runs it supersedes.
+"""A run of notebook 03 (``open_run``, ``Run.writing``, ``Run.publish``): a folder under
+``<output_dir>/predictions/`` whose ``run.json`` records its settings and what made its rows, and
+whose complete Parquet files are the checkpoint. A run that is killed, stopped, loses a node or
+fails keeps its folder, and the next ``open_run`` with the same settings resumes it, unless it
+failed in your code: then a new run starts. Only ``publish`` deletes the runs it supersedes.
 """
 from __future__ import annotations
 
@@ -90,18 +85,16 @@ class Run:
 
     @contextlib.contextmanager
     def writing(self, *code: Callable, plan: ActorPlan) -> Iterator[Run]:
-        """Around ``write_parquet``: record what makes the rows (``code``: your class and
-        ``preprocess``), print progress, watch the nodes; on any failure keep every complete
-        file, end the run's actors and say what happened. A lost node that the plan needs (the
-        run would wait forever for a CPU) stops the run with a ``RunError``."""
+        """Around ``write_parquet``: record what makes the rows (``code``), print progress, watch
+        the nodes (a lost node the plan needs stops the run with a ``RunError``); on any failure
+        keep every complete file, end the run's actors and say what happened."""
         import ray
-
         made_by = {"model_name": self.settings.model_name, "code": fingerprint(*code)}
         self._check_can_write(made_by)
-        self.plan, before, free = plan, ray_workarounds.live_actors(), _free_resources()
+        self.plan, before, free, lost = plan, ray_workarounds.live_actors(), _free_resources(), []
         started = time.perf_counter()
         try:
-            with _Watch(self, plan) as watch:
+            with _watching(self, plan, lost):
                 yield self
         except BaseException as error:
             in_your_code = isinstance(error, ray.exceptions.UserCodeException)
@@ -112,8 +105,8 @@ class Run:
                     "unchanged. " + ("Fix your code and run the notebook again: a new run starts." if in_your_code
                                      else "Run the notebook again with the same data_uri, model_name and limit: "
                                           "it resumes."))
-            if watch.lost:
-                raise RunError(f"{watch.lost} {note}") from None
+            if lost:
+                raise RunError(f"{lost[0]} {note}") from None
             error.add_note(note)
             raise
         self.seconds = time.perf_counter() - started
@@ -138,8 +131,8 @@ class Run:
         return record
 
     def publish(self) -> RunSummary:
-        """Once every selected image has one row: write ``skipped.csv``, replace
-        ``predictions.json`` (in one step) to name this run, delete the runs it supersedes."""
+        """Once every image has one row: write ``skipped.csv``, replace ``predictions.json``
+        to name this run, delete the runs it supersedes."""
         cfg, files = self.settings, [file for file in self.location.children() if file.name.endswith(".parquet")]
         written = read_parquet(files)
         selected = set(select_images(self.listing.images, self.listing.root, cfg.limit))
@@ -169,8 +162,7 @@ class Run:
 
 
 def open_run(settings: Settings, listing: Listing) -> Run:
-    """The run that classifies ``listing``'s selected images with these settings, and says so:
-    the newest unfinished run with the same settings, resumed, or a new one."""
+    """The newest unfinished run with these settings, resumed, or a new one; it says which."""
     selected = select_images(listing.images, listing.root, settings.limit)
     manifest = settings.predictions_manifest
     current = read_json(manifest)["run_id"] if manifest.exists() else None
@@ -204,9 +196,8 @@ def skipped_files(listing: Listing, predictions: pd.DataFrame) -> pd.DataFrame:
 
 
 def fingerprint(*code: Callable) -> str:
-    """A digest of the bytecode of these functions and classes (with the classes they derive
-    from in the same module): it changes with their code, not when a cell moves or a comment
-    changes. (``inspect.getsource`` fails for classes defined in a notebook.)"""
+    """A digest of the bytecode of these functions and classes (and their bases in the same
+    module): it changes with their code, not with comments (``getsource`` fails in notebooks)."""
     digest = hashlib.sha256()
     for thing in code:
         classes = [cls for cls in inspect.getmro(thing) if cls.__module__ == thing.__module__] \
@@ -243,9 +234,8 @@ def _parquet_names(folder: Location) -> frozenset[str]:
 
 
 def _paths_in(file: Location) -> list[str]:
-    """The ``path`` column of a complete Parquet file; none for a file cut off mid-write (all
-    its bytes read, no Parquet footer), which is deleted. A file that cannot be read (a
-    dropped connection, a timeout, a permission) is retried, then stops the run, naming it."""
+    """The ``path`` column of a complete Parquet file; none for a file cut off mid-write, which is
+    deleted. A file that cannot be read is retried, then stops the run, naming it."""
     for attempt in range(READ_ATTEMPTS):
         try:
             size, data = file.filesystem.get_file_info(file.path).size, file.read_bytes()
@@ -274,8 +264,7 @@ def _free_resources() -> dict[str, float]:
 
 
 def _end_actors(before: set[str], free_before: dict[str, float], grace_s: float = 2.0, timeout_s: float = 30.0) -> None:
-    """After a failed run: end the actors it started, then wait until Ray reports their CPUs
-    and GPUs free again, so that running again does not wait for them."""
+    """After a failed run: end its actors and wait until their CPUs and GPUs are free again."""
     gc.collect()  # the executor's reference cycles, and with them its actors
     deadline = time.monotonic() + grace_s
     while (left := ray_workarounds.live_actors() - before) and time.monotonic() < deadline:
@@ -287,53 +276,48 @@ def _end_actors(before: set[str], free_before: dict[str, float], grace_s: float 
         time.sleep(0.1)
 
 
-class _Watch:
-    """Within ``writing``: every ``NODE_CHECK_S``, look for nodes live at the start and gone; if
-    the plan no longer fits the nodes left, say so in ``lost`` and interrupt the main thread
-    (the run would wait forever for a CPU). Every ``PROGRESS_S``, print the images written."""
+@contextlib.contextmanager
+def _watching(run: Run, plan: ActorPlan, lost: list[str]) -> Iterator[None]:
+    """Within ``writing``: every ``NODE_CHECK_S``, if a node is gone and the plan no longer fits
+    the nodes left, add why to ``lost`` and interrupt the main thread; print progress."""
+    rows, stop = {}, threading.Event()
+    start, started = cluster.live_nodes(), time.monotonic()
 
-    def __init__(self, run: Run, plan: ActorPlan):
-        self.run, self.plan, self.lost, self._rows = run, plan, "", {}
-        self._stop = threading.Event()
+    def progress() -> None:
+        before = sum(rows.values())
+        for name in _parquet_names(run.location) - run._files_at_open - set(rows):
+            with contextlib.suppress(OSError, ValueError):  # being written
+                with run.filesystem.open_input_file((run.location / name).path) as file:
+                    rows[name] = pq.read_metadata(file).num_rows
+        if sum(rows.values()) > before:
+            print(f"{sum(rows.values())} of {len(run.to_read)} images written, {time.monotonic() - started:.0f} s",
+                  flush=True)
 
-    def __enter__(self) -> _Watch:
-        self._start, self._started = cluster.live_nodes(), time.monotonic()
-        self._thread = threading.Thread(target=self._watch, daemon=True, name="run-watch")
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _watch(self) -> None:
+    def watch() -> None:
         checks = 0
-        while not self._stop.wait(NODE_CHECK_S):
+        while not stop.wait(NODE_CHECK_S):
             checks += 1
             try:
                 live = cluster.live_nodes()
                 if checks % round(PROGRESS_S / NODE_CHECK_S) == 0:
-                    self._progress()
+                    progress()
             except Exception:  # noqa: BLE001 - the connection to Ray or the store comes and goes
                 continue
-            gone = [node for node_id, node in self._start.items() if node_id not in live]
+            gone = [node for node_id, node in start.items() if node_id not in live]
             sizes = tuple((node["Resources"].get("CPU", 0.0), node["Resources"].get("GPU", 0.0)) for node in live.values())
-            if gone and not self.plan.fits(sizes) and not self._stop.is_set():
+            if gone and not plan.fits(sizes) and not stop.is_set():
                 names = ", ".join(f"{node['NodeID'][:12]} ({node['NodeManagerAddress']}, "
                                   f"{node['Resources'].get('CPU', 0):g} CPUs)" for node in gone)
-                self.lost = (f"Lost node {names} at {time.strftime('%H:%M:%S')}: the plan ({self.plan}) does not "
-                             f"fit the nodes left ({cluster.ClusterInfo(tuple(sorted(sizes))).describe_nodes()}), "
-                             "so the run would wait forever for a CPU.")
+                lost.append(f"Lost node {names} at {time.strftime('%H:%M:%S')}: the plan ({plan}) does not fit the "
+                            f"nodes left ({cluster.ClusterInfo(tuple(sorted(sizes))).describe_nodes()}), so the run "
+                            "would wait forever for a CPU.")
                 _thread.interrupt_main()
                 return
 
-    def _progress(self) -> None:
-        """Print the images in the complete files written since the start, when they change."""
-        before = sum(self._rows.values())
-        for name in _parquet_names(self.run.location) - self.run._files_at_open - set(self._rows):
-            with contextlib.suppress(OSError, ValueError):  # being written
-                with self.run.filesystem.open_input_file((self.run.location / name).path) as file:
-                    self._rows[name] = pq.read_metadata(file).num_rows
-        if sum(self._rows.values()) > before:
-            print(f"{sum(self._rows.values())} of {len(self.run.to_read)} images written, "
-                  f"{time.monotonic() - self._started:.0f} s", flush=True)
+    thread = threading.Thread(target=watch, daemon=True, name="run-watch")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

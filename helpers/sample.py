@@ -46,9 +46,7 @@ class SourcePhoto:
             raise ModuleNotFoundError(f"The sample set needs the package {self.package!r}: run `make install`.")
         return Path(spec.origin).parent / self.relative_path
 
-    @property
-    def stem(self) -> str:
-        return Path(self.relative_path).stem
+    stem = property(lambda self: Path(self.relative_path).stem)
 
 
 PHOTOS_FILE = Path(__file__).with_name("sample_photos.toml")  # each photo and its hand-chosen labels
@@ -95,27 +93,21 @@ def _random_crop(rng: np.random.Generator, size: tuple[int, int], box: tuple[int
             int(rng.integers(bottom, min(height, bottom + reach) + 1)))
 
 
-def _variants(photo: SourcePhoto, count: int, rng: np.random.Generator):
-    """Yield ``count`` JPEG-ready variants of one photo: crop, resize, mirror, quality."""
-    with Image.open(photo.path) as source:
-        image = source.convert("RGB")
-    for _ in range(count):
-        crop = image.crop(_random_crop(rng, image.size, photo.box, photo.margin))
-        scale = int(rng.integers(96, 520)) / min(crop.size)  # a short side of 96 to 519 pixels
-        crop = crop.resize((max(1, round(crop.width * scale)), max(1, round(crop.height * scale))),
-                           Image.Resampling.BICUBIC)
-        if rng.random() < 0.5:
-            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        yield crop, int(rng.integers(70, 96))
-
-
 def _write_sample(target: Path, images_per_photo: int) -> None:
+    """Each photo's variants (crop, size, mirror, JPEG quality), then the broken files."""
     rng = np.random.default_rng(SEED)
     for photo in SOURCE_PHOTOS:
-        folder = target / photo.wnid
-        folder.mkdir(parents=True, exist_ok=True)
-        for k, (image, quality) in enumerate(_variants(photo, images_per_photo, rng)):
-            image.save(folder / f"{photo.stem}_{k:03d}.JPEG", quality=quality)
+        (target / photo.wnid).mkdir(parents=True, exist_ok=True)
+        with Image.open(photo.path) as source:
+            image = source.convert("RGB")
+        for k in range(images_per_photo):
+            crop = image.crop(_random_crop(rng, image.size, photo.box, photo.margin))
+            scale = int(rng.integers(96, 520)) / min(crop.size)  # a short side of 96 to 519 pixels
+            crop = crop.resize((max(1, round(crop.width * scale)), max(1, round(crop.height * scale))),
+                               Image.Resampling.BICUBIC)
+            if rng.random() < 0.5:
+                crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            crop.save(target / photo.wnid / f"{photo.stem}_{k:03d}.JPEG", quality=int(rng.integers(70, 96)))
     whole = (target / TRUNCATED).with_name("coffee_000.JPEG").read_bytes()
     (target / TRUNCATED).write_bytes(whole[: len(whole) // 2])
     (target / NOT_AN_IMAGE).write_bytes(NOTE)
@@ -128,29 +120,19 @@ def _recipe(images_per_photo: int) -> str:
     return repr((photos, BROKEN_FILES, NOTE, images_per_photo, SEED, Image.__version__)) + "\n"
 
 
-def _marker(directory: Path) -> Path:
-    """Beside the set, not in it: the set holds nothing but class folders of images."""
-    return directory.parent / f".{directory.name}.complete"
-
-
-def _is_complete(directory: Path, images_per_photo: int) -> bool:
-    marker = _marker(directory)
-    return directory.is_dir() and marker.exists() and marker.read_text() == _recipe(images_per_photo)
-
-
 def ensure_sample(directory: Path = SAMPLE_DIR, images_per_photo: int = IMAGES_PER_PHOTO) -> Path:
-    """Build the sample set into ``directory`` unless it is complete; return it. Several
-    processes may call it at once: one builds into a temporary folder, under a lock, and
-    renames it into place, so a half-written set is never seen."""
-    directory = Path(directory)
+    """Build the sample set into ``directory`` unless it is complete; return it. Processes that
+    call it at once wait on a lock; the set is built aside and renamed into place."""
+    directory, recipe = Path(directory), _recipe(images_per_photo)
+    marker = directory.parent / f".{directory.name}.complete"  # beside the set: it holds only class folders
     directory.parent.mkdir(parents=True, exist_ok=True)
     with open(directory.parent / f".{directory.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not _is_complete(directory, images_per_photo):
+        if not (directory.is_dir() and marker.exists() and marker.read_text() == recipe):
             with tempfile.TemporaryDirectory(prefix=f".{directory.name}-", dir=directory.parent) as staging:
                 _write_sample(Path(staging), images_per_photo)
                 shutil.rmtree(directory, ignore_errors=True)  # an older recipe's set
                 os.replace(staging, directory)
                 os.mkdir(staging)  # for TemporaryDirectory to remove
-            _marker(directory).write_text(_recipe(images_per_photo))
+            marker.write_text(recipe)
     return directory

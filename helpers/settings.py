@@ -24,7 +24,6 @@ class SettingsError(ValueError):
 def available_models() -> tuple[str, ...]:
     """Every ``model_name`` accepted: the offline model and torchvision's classifiers."""
     import torchvision.models
-
     return tuple(sorted({OFFLINE_MODEL, *torchvision.models.list_models(module=torchvision.models)}))
 
 
@@ -43,23 +42,11 @@ class Settings:
     batch_size: int
     num_actors: int | None
 
-    @property
-    def predictions_dir(self) -> Location:
-        """A folder per run of Parquet files (see ``runs``)."""
-        return self.output_dir / "predictions"
-
-    @property
-    def predictions_manifest(self) -> Location:
-        """The JSON that names the last complete run."""
-        return self.output_dir / "predictions.json"
-
-    @property
-    def metrics_path(self) -> Location:
-        return self.output_dir / "metrics.json"
-
-    @property
-    def figures_dir(self) -> Location:
-        return self.output_dir / "figures"
+    predictions_dir = property(lambda self: self.output_dir / "predictions", doc="A folder per run (see ``runs``).")
+    predictions_manifest = property(lambda self: self.output_dir / "predictions.json",
+                                    doc="The JSON that names the last complete run.")
+    metrics_path = property(lambda self: self.output_dir / "metrics.json")
+    figures_dir = property(lambda self: self.output_dir / "figures")
 
 
 def _project_path(path: str | os.PathLike) -> Path:

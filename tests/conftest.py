@@ -42,9 +42,10 @@ def local_top1():
         spec = models.preprocessing(model_name)
         pixels = np.stack([spec.resize_and_crop(data.decode_image(path.read_bytes(), at_least=spec.resize_size))
                            for path in paths])
+        model = models.get_model(model_name, models.get_weights(model_name)).eval()
         with torch.inference_mode():
-            logits = models.load_model(model_name)(spec.normalize(torch.from_numpy(pixels)))
-        return [labels.index_to_wnid(int(index)) for index in logits.argmax(dim=1)]
+            logits = model(spec.normalize(torch.from_numpy(pixels)))
+        return [labels.wnids()[int(index)] for index in logits.argmax(dim=1)]
 
     return top1
 

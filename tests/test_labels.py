@@ -3,16 +3,16 @@ from helpers import labels
 
 def test_index_order_matches_imagenet():
     assert len(labels.wnids()) == len(set(labels.wnids())) == 1000
-    assert labels.index_to_wnid(0) == "n01440764"
-    assert labels.index_to_name(0) == "tench"
+    assert labels.wnids()[0] == "n01440764"
+    assert labels.class_names()[0] == "tench"
     assert labels.wnid_to_index("n02123045") == 281
-    assert labels.index_to_name(281) == "tabby"
-    assert labels.index_to_wnid(999) == "n15075141"
-    assert labels.index_to_name(999) == "toilet tissue"
+    assert labels.class_names()[281] == "tabby"
+    assert labels.wnids()[999] == "n15075141"
+    assert labels.class_names()[999] == "toilet tissue"
 
 
 def test_round_trip_for_every_class():
-    assert all(labels.wnid_to_index(labels.index_to_wnid(i)) == i for i in range(1000))
+    assert all(labels.wnid_to_index(labels.wnids()[i]) == i for i in range(1000))
 
 
 def test_labels_that_are_not_imagenet_ids_are_kept():

