@@ -13,7 +13,9 @@ notebook/DataLoader, peak memory (this process and every process it started, Ray
 included), the notebook's images/s across batch sizes, and the notebook's images/s from a
 bucket on moto's S3 server on 127.0.0.1 holding ``--bucket-folders`` class folders of one
 image each (one listing request per folder, the shape that costs most), without and with a
-delay per request (``--s3-delay-ms``, 30 by default: a bucket in another region).
+delay per request (``--s3-delay-ms``, 30 by default: a bucket in another region). Every
+notebook run joins one Ray head, whose workers reach the bucket through the proxy that adds
+the delay.
 
 The loops and the notebook take turns (bare, notebook, DataLoader, bare, ...) and each ratio
 is the median of the ratios of runs taken side by side: a shared machine whose speed drifts
@@ -25,6 +27,7 @@ finished a batch to the last batch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -33,6 +36,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
@@ -113,7 +117,8 @@ class Predictor:
 
     def __init__(self, model_name: str):
         self.preprocessing = models.preprocessing(model_name)
-        model = models.load_model(model_name).to(memory_format=torch.channels_last)
+        model = models.get_model(model_name, models.get_weights(model_name)).eval()
+        model = model.to(memory_format=torch.channels_last)
         size = self.preprocessing.crop_size
         example = torch.zeros(2, 3, size, size).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), warnings.catch_warnings():
@@ -194,11 +199,14 @@ def notebook_03(parameters: dict) -> dict:
     return manifest
 
 
-def from_a_bucket(args: argparse.Namespace) -> dict:
-    """Notebook 03's steady images/s on ``--bucket-folders`` class folders of one image each, in
-    a bucket of moto's S3 server on 127.0.0.1 reached through a proxy, without delay and with
-    ``--s3-delay-ms`` per request; each run with a Ray of its own, whose workers reach the
-    bucket through the same proxy."""
+@contextlib.contextmanager
+def bucket_behind_a_proxy(args: argparse.Namespace) -> Iterator[Proxy | None]:
+    """With ``--s3-delay-ms``: ``--bucket-folders`` class folders of one image each in a bucket
+    of moto's S3 server on 127.0.0.1, and a proxy to it (no delay yet) that ``AWS_ENDPOINT_URL``
+    names for the duration, for Ray's workers to inherit. Without: nothing."""
+    if not args.s3_delay_ms:
+        yield None
+        return
     import boto3
 
     with tempfile.TemporaryDirectory() as folder, moto_s3() as variables, mock.patch.dict(os.environ, variables):
@@ -207,14 +215,18 @@ def from_a_bucket(args: argparse.Namespace) -> dict:
         client.create_bucket(Bucket="bench")
         for path in sorted(images.glob("*/*")):
             client.upload_file(str(path), "bench", f"images/{path.relative_to(images).as_posix()}")
-        rates = {}
-        for delay_ms in (0, args.s3_delay_ms):
-            with Proxy(variables["AWS_ENDPOINT_URL"], delay_s=delay_ms / 1000) as proxy, \
-                    mock.patch.dict(os.environ, AWS_ENDPOINT_URL=proxy.url):
-                os.environ.pop("RAY_ADDRESS", None)
-                manifest = notebook_03({"data_uri": "s3://bench/images", "batch_size": args.batch_size,
-                                        "model_name": args.model_name})
-                rates[delay_ms] = manifest["images_per_second"]
+        with Proxy(variables["AWS_ENDPOINT_URL"]) as proxy, mock.patch.dict(os.environ, AWS_ENDPOINT_URL=proxy.url):
+            yield proxy
+
+
+def from_a_bucket(args: argparse.Namespace, proxy: Proxy) -> dict:
+    """Notebook 03's steady images/s on the bucket, without delay, then with ``--s3-delay-ms``
+    per request."""
+    rates = {}
+    for delay_ms in (0, args.s3_delay_ms):
+        proxy.delay_s = delay_ms / 1000
+        rates[delay_ms] = notebook_03({"data_uri": "s3://bench/images", "batch_size": args.batch_size,
+                                       "model_name": args.model_name})["images_per_second"]
     return {"folders": args.bucket_folders, "delay_ms": args.s3_delay_ms, "no_delay_images_per_second": rates[0],
             "delayed_images_per_second": rates[args.s3_delay_ms],
             "delayed_over_no_delay": round(rates[args.s3_delay_ms] / rates[0], 3)}
@@ -238,22 +250,23 @@ def run(args: argparse.Namespace) -> dict:
         pixels = np.stack([preprocessed(listing, path, predictor.preprocessing) for path in paths])
         results["model_only_images_per_second"] = round(model_only(predictor, pixels, args.batch_size), 2)
         del pixels
-        started = time.perf_counter()
-        with series.ray_head(Path(tempfile.mkdtemp()) / "ray-head.log") as variables, \
-                mock.patch.dict(os.environ, variables):
-            results["ray_start_seconds"] = round(time.perf_counter() - started, 2)
-            bare, turns, loader = [], [], []
-            for _ in range(args.repeats):
-                settle()
-                bare.append(round(bare_loop(predictor, listing, paths, args.batch_size), 2))
-                turns.append(notebook_03({**notebook, "batch_size": args.batch_size}))
-                settle()
-                loader.append(round(dataloader_loop(predictor, listing, paths, args.batch_size,
-                                                    args.loader_workers), 2))
-            others = {size: notebook_03({**notebook, "batch_size": size})["images_per_second"]
-                      for size in sorted(set(args.sweep) - {args.batch_size})}
-        if args.s3_delay_ms:
-            results["s3"] = from_a_bucket(args)
+        with bucket_behind_a_proxy(args) as proxy:
+            started = time.perf_counter()
+            with series.ray_head(Path(tempfile.mkdtemp()) / "ray-head.log") as variables, \
+                    mock.patch.dict(os.environ, variables):
+                results["ray_start_seconds"] = round(time.perf_counter() - started, 2)
+                bare, turns, loader = [], [], []
+                for _ in range(args.repeats):
+                    settle()
+                    bare.append(round(bare_loop(predictor, listing, paths, args.batch_size), 2))
+                    turns.append(notebook_03({**notebook, "batch_size": args.batch_size}))
+                    settle()
+                    loader.append(round(dataloader_loop(predictor, listing, paths, args.batch_size,
+                                                        args.loader_workers), 2))
+                others = {size: notebook_03({**notebook, "batch_size": size})["images_per_second"]
+                          for size in sorted(set(args.sweep) - {args.batch_size})}
+                if proxy:
+                    results["s3"] = from_a_bucket(args, proxy)
     rates = [manifest["images_per_second"] for manifest in turns]
     results["plan"] = {"actors": turns[0]["num_actors"], "threads_per_actor": turns[0]["threads_per_actor"]}
     results["bare_loop_images_per_second"] = float(np.median(bare))

@@ -100,6 +100,15 @@ class Proxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
+    @property
+    def delay_s(self) -> float:
+        """The delay of each chunk; set it to change it for the connections that follow."""
+        return self.server.delay_s
+
+    @delay_s.setter
+    def delay_s(self, seconds: float) -> None:
+        self.server.delay_s = seconds
+
     def __enter__(self) -> Proxy:
         self._thread.start()
         return self
