@@ -14,7 +14,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from helpers import LOOPBACK_ONLY_VARIABLE, PROJECT_ROOT, cluster, sample
+from helpers import LOOPBACK_ONLY_VARIABLE, PROJECT_ROOT, cluster, data, sample
 import series
 from test_long_runs import NOTEBOOK_03, start_notebook_03, wait_for_rows
 
@@ -170,12 +170,18 @@ def _kill_node(ray_cluster: LoopbackClusters, index: int) -> float:
     return time.monotonic()
 
 
-def _every_image_once(output_dir: Path, sample_dir: Path) -> dict:
+def _every_image_once(output_dir: Path, sample_dir: Path, limit: int | None = None) -> dict:
+    """The run named by ``predictions.json`` holds one row for each of the first ``limit``
+    sample files (all of them by default; a limit leaves the broken files out)."""
     manifest = json.loads((output_dir / "predictions.json").read_text())
-    files = len(list(sample_dir.glob("*/*")))
+    listing = data.list_files(str(sample_dir))
+    selected = data.select_images(listing.images, listing.root, limit)
+    broken = [path for path in selected if sample.acceptable_labels(path) is None]
     predictions = pd.read_parquet([output_dir / file for file in manifest["files"]])
-    assert manifest["num_rows"] == len(predictions) == predictions["path"].nunique() == files
-    assert manifest["num_images"] == files - len(sample.BROKEN_FILES)  # the broken files are rows with an error
+    assert manifest["num_rows"] == len(predictions) == predictions["path"].nunique() == len(selected)
+    assert sorted(predictions["path"]) == selected
+    assert manifest["num_images"] == len(selected) - len(broken)  # the broken files are rows with an error
+    assert len(broken) == (len(sample.BROKEN_FILES) if limit is None else 0)
     return manifest
 
 
@@ -216,9 +222,10 @@ def test_losing_a_node_that_the_plan_needs_stops_the_run_and_a_rerun_completes_i
 @pytest.mark.timeout(900)
 def test_losing_a_node_that_the_plan_can_spare_costs_time_not_images(ray_cluster, sample_dir, tmp_path):
     """A 1-CPU worker of 1 + 1 + 2 CPUs is lost mid-run: the nodes left hold its actor and a
-    task, Ray restarts the actor and retries the tasks, and the run finishes."""
+    task, Ray restarts the actor and retries the tasks, and the run finishes (on 240 images:
+    the run goes on after the loss, so no more are needed)."""
     log = tmp_path / "papermill.log"
-    papermill = start_notebook_03(tmp_path, {}, os.environ.copy(), log)
+    papermill = start_notebook_03(tmp_path, {"limit": 240}, os.environ.copy(), log)
     try:
         wait_for_rows(64, tmp_path, papermill, log)
         assert not (tmp_path / "predictions.json").exists(), "the run completed before the node was killed"
@@ -229,4 +236,4 @@ def test_losing_a_node_that_the_plan_can_spare_costs_time_not_images(ray_cluster
             os.killpg(papermill.pid, signal.SIGKILL)
         ray_cluster.stop()
     assert papermill.returncode == 0, log.read_text()[-3000:]
-    assert_planned_for("cpus-1-1-2", tmp_path / "running.ipynb", _every_image_once(tmp_path, sample_dir))
+    assert_planned_for("cpus-1-1-2", tmp_path / "running.ipynb", _every_image_once(tmp_path, sample_dir, 240))
