@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 OUTPUT_DIR ?= outputs
 PARAMS ?=
 
-.PHONY: install run test test-fast bench bench-memory lab weights data clean
+.PHONY: install run submit test test-fast bench bench-memory lab weights data clean
 MODEL ?= resnet152
 SIZE ?= 160
 
@@ -20,6 +20,9 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 run: install  ## execute the four notebooks in order, offline, into $(OUTPUT_DIR)
 	$(PY) -m series --output-dir $(OUTPUT_DIR) $(PARAMS)
+
+submit: install  ## the series as a Ray job on a running cluster: make submit RAY_ADDRESS=http://HOST:8265 OUTPUT_DIR=...
+	$(PY) -m series --submit "$(RAY_ADDRESS)" --output-dir $(OUTPUT_DIR) $(PARAMS)
 
 test: install  ## unit tests, then the notebooks end to end (papermill, then nbval); CI and nightly
 	$(PY) -m pytest

@@ -1,7 +1,9 @@
-"""What ``make run`` and ``make data`` run (the notebooks never import it; the tests do):
-the four notebooks in order with papermill, and Imagenette for offline workshops.
+"""What ``make run``, ``make submit`` and ``make data`` run (the notebooks never import it; the
+tests do): the four notebooks in order with papermill, here or as a Ray job on a running
+cluster, and Imagenette for offline workshops.
 
     python -m series --output-dir outputs -p limit=50 -p model_name=resnet152
+    python -m series --submit http://HOST:8265 --output-dir s3://bucket/outputs -p data_uri=s3://...
 
 Unless ``RAY_ADDRESS`` names a cluster already, one local Ray head is started for the whole
 series (on 127.0.0.1, token authentication on) and each notebook joins it, so the series
@@ -11,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import asyncio
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -20,14 +24,18 @@ import tempfile
 import time
 from pathlib import Path
 from unittest import mock
+from urllib.parse import urlparse
 
 from helpers import LOOPBACK_ONLY_VARIABLE, PROJECT_ROOT
 from helpers.cluster import ensure_auth_token, free_port
+from helpers.storage import Location
 
 NOTEBOOKS = tuple(sorted((PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")))
 SOLUTIONS = tuple(sorted((PROJECT_ROOT / "notebooks" / "solutions").glob("[0-9][0-9]_solutions.ipynb")))
 CELL_TIMEOUT_S = 1800
 RAY_START_TIMEOUT_S = 120
+# What a job's working_dir leaves behind: the environment, outputs and data stay here.
+NOT_SHIPPED = [".venv", "outputs", "data", ".git", "**/.ipynb_checkpoints", "**/__pycache__"]
 
 
 @contextlib.contextmanager
@@ -124,6 +132,56 @@ def fetch_imagenette(size: str = "160", root: str | Path = PROJECT_ROOT / "data"
     return folder
 
 
+def job_entrypoint(output_dir: str, parameters: dict) -> str:
+    """The command a Ray job runs for the series (``make submit``, ``deploy/rayjob.yaml``);
+    a text value is passed as it is where ``-p`` reads it back as the same text."""
+    return shlex.join(["python", "-m", "series", "--output-dir", output_dir, *(
+        f"--parameter={name}={value if _parameter(f'{name}={value}')[1] == value else repr(value)}"
+        for name, value in parameters.items())])
+
+
+def submit(address: str, output_dir: str, parameters: dict) -> int:
+    """Run the series as a Ray job on the cluster whose dashboard is at ``address``
+    (``http://HOST:8265``), with this project as its working_dir and token authentication;
+    stream its logs; return 0 once it succeeded, else 1 after its own error."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    if urlparse(address).scheme not in ("http", "https"):
+        raise SystemExit(f"RAY_ADDRESS={address!r}: make submit sends the job to the dashboard's address, "
+                         "http://HOST:8265 (Ray's Jobs API), not to the cluster's GCS port.")
+    if "://" not in output_dir and not Path(output_dir).is_absolute():
+        if urlparse(address).hostname not in ("127.0.0.1", "localhost"):
+            raise SystemExit(f"OUTPUT_DIR={output_dir!r} is relative: on a remote cluster it would land in the job's "
+                             "temporary working directory. Use an s3:// URI, or a folder every node shares.")
+        output_dir = str(Path(output_dir).resolve())  # a cluster on this machine shares its folders
+    os.environ.setdefault("RAY_AUTH_MODE", "token")  # the client then sends the token in every request
+    token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
+    if not os.environ.get("RAY_AUTH_TOKEN") and not token.is_file():
+        raise SystemExit(f"make submit needs the cluster's token: set RAY_AUTH_TOKEN, or put it in {token} "
+                         "(`ray get-auth-token` prints it on the head node).")
+    entrypoint = job_entrypoint(output_dir, parameters)
+    client = JobSubmissionClient(address)
+    job_id = client.submit_job(entrypoint=entrypoint,
+                               runtime_env={"working_dir": str(PROJECT_ROOT), "excludes": NOT_SHIPPED})
+    print(f"Job {job_id} on {address}: {entrypoint}\nIts logs follow (Ctrl-C leaves it running).", flush=True)
+
+    async def stream_logs() -> None:
+        async for lines in client.tail_job_logs(job_id):
+            print(lines, end="", flush=True)
+
+    try:
+        asyncio.run(stream_logs())
+    except KeyboardInterrupt:
+        print(f"\nJob {job_id} goes on: `ray job stop --address {address} {job_id}` stops it.", file=sys.stderr)
+        return 130
+    info = client.get_job_info(job_id)
+    if info.status != JobStatus.SUCCEEDED:
+        print(f"Job {job_id} {info.status.value}: {info.message}", file=sys.stderr)
+        return 1
+    print(f"Job {job_id} succeeded; outputs in {output_dir}")
+    return 0
+
+
 def _parameter(text: str) -> tuple[str, object]:
     """``name=value``, the value read as a Python literal where it is one (None, 50, ...)."""
     name, _, value = text.partition("=")
@@ -136,11 +194,24 @@ def _parameter(text: str) -> tuple[str, object]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default=str(PROJECT_ROOT / "outputs"))
+    parser.add_argument("--submit", metavar="DASHBOARD_URL",
+                        help="run the series as a Ray job on the cluster whose dashboard is at this address")
     parser.add_argument("-p", "--parameter", action="append", default=[], type=_parameter,
                         metavar="NAME=VALUE", help="a notebook parameter; repeat for more")
     args = parser.parse_args(argv)
+    if args.submit:
+        return submit(args.submit, args.output_dir, dict(args.parameter))
     started = time.perf_counter()
-    seconds = execute_series(args.output_dir, dict(args.parameter))
+    if "://" not in args.output_dir:
+        seconds = execute_series(args.output_dir, dict(args.parameter))
+    else:  # a bucket: the notebooks write there, and their executed copies follow, failed or not
+        with tempfile.TemporaryDirectory(prefix="series-") as local:
+            try:
+                seconds = execute_series(local, {"output_dir": args.output_dir, **dict(args.parameter)})
+            finally:
+                target = Location.parse(args.output_dir)
+                for file in sorted(path for path in Path(local).rglob("*") if path.is_file()):
+                    (target / file.relative_to(local).as_posix()).write_bytes(file.read_bytes())
     print(f"series: {time.perf_counter() - started:.1f} s ({', '.join(f'{k} {v} s' for k, v in seconds.items())}); "
           f"outputs in {args.output_dir}")
     return 0

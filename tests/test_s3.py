@@ -5,6 +5,7 @@ The whole series on a bucket, in and out, runs in test_messy_data.py, on the mes
 import os
 import posixpath
 import time
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +90,28 @@ def test_notebook_03_from_a_bucket_30_ms_away_gives_every_image_once_with_the_sa
     assert manifest["num_images"] == 24 and (frame["error"] == "").all()
     local = [sample_dir / posixpath.relpath(path, listing.root) for path in frame["path"]]
     assert list(frame["top1_wnid"]) == local_top1(local, manifest["model_name"])
+
+
+def test_a_series_into_a_bucket_copies_its_executed_notebooks_there_failed_or_not(s3_endpoint, monkeypatch):
+    """`--output-dir s3://...` (what `make submit` asks of a cluster): the notebooks get the
+    bucket as their output_dir, and their executed copies follow them into it."""
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="series-out")
+    seen = []
+
+    def execute(output_dir, parameters):
+        seen.append(parameters["output_dir"])
+        (Path(output_dir) / "notebooks").mkdir()
+        (Path(output_dir) / "notebooks" / "01_load_images.ipynb").write_text("{}")
+        if len(seen) == 2:
+            raise RuntimeError("notebook 01 failed")
+        return {"01_load_images": 1.0}
+
+    monkeypatch.setattr(series, "execute_series", execute)
+    assert series.main(["--output-dir", "s3://series-out/run", "-p", "limit=5"]) == 0
+    with pytest.raises(RuntimeError, match="notebook 01 failed"):
+        series.main(["--output-dir", "s3://series-out/failed"])
+    assert seen == ["s3://series-out/run", "s3://series-out/failed"]
+    for run in ("run", "failed"):
+        assert storage.Location.parse(f"s3://series-out/{run}/notebooks/01_load_images.ipynb").read_bytes() == b"{}"
