@@ -27,7 +27,7 @@ from unittest import mock
 from urllib.parse import urlparse
 
 from helpers import LOOPBACK_ONLY_VARIABLE, PROJECT_ROOT
-from helpers.cluster import ensure_auth_token, free_port
+from helpers.cluster import auth_token_path, ensure_auth_token, free_port
 from helpers.storage import Location
 
 NOTEBOOKS = tuple(sorted((PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")))
@@ -155,8 +155,7 @@ def submit(address: str, output_dir: str, parameters: dict) -> int:
                              "temporary working directory. Use an s3:// URI, or a folder every node shares.")
         output_dir = str(Path(output_dir).resolve())  # a cluster on this machine shares its folders
     os.environ.setdefault("RAY_AUTH_MODE", "token")  # the client then sends the token in every request
-    token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
-    if not os.environ.get("RAY_AUTH_TOKEN") and not token.is_file():
+    if not os.environ.get("RAY_AUTH_TOKEN") and not (token := auth_token_path()).is_file():
         raise SystemExit(f"make submit needs the cluster's token: set RAY_AUTH_TOKEN, or put it in {token} "
                          "(`ray get-auth-token` prints it on the head node).")
     entrypoint = job_entrypoint(output_dir, parameters)

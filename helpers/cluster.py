@@ -33,13 +33,17 @@ class ClusterInfo:
                 f"{self.object_store_bytes / 2**30:.1f} GiB object store")
 
 
+def auth_token_path() -> Path:
+    """Where Ray reads its token: ``RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``."""
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
+
+
 def ensure_auth_token() -> Path | None:
-    """Make sure Ray's token file (``RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``) exists,
-    readable by its owner only (a new user has none), and return it; None where
-    ``RAY_AUTH_TOKEN`` holds the token. The token is never printed."""
+    """Make sure the token file exists, readable by its owner only (a new user has none), and
+    return it; None where ``RAY_AUTH_TOKEN`` holds the token. The token is never printed."""
     if os.environ.get("RAY_AUTH_TOKEN"):
         return None
-    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
+    path = auth_token_path()
     if not path.is_file() or path.stat().st_size == 0:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         scratch = path.with_name(f".{path.name}.{os.getpid()}")
@@ -60,10 +64,9 @@ def free_port() -> int:
 
 
 def init_options() -> dict:
-    """Keyword arguments for ``ray.init``: join ``RAY_ADDRESS``, or start a local instance on
-    127.0.0.1 only, with token authentication and the dashboard on 127.0.0.1. On a cluster
-    ``helpers`` travels to every worker (``runtime_env``); a Ray on this machine alone does
-    without (shipping it cost each worker 5 s here). A run waits for its whole actor pool."""
+    """Keyword arguments for ``ray.init``: join ``RAY_ADDRESS``, or start a local instance on 127.0.0.1
+    only, with token authentication and the dashboard on 127.0.0.1. On a cluster ``helpers`` reaches
+    every worker (``runtime_env``); a Ray on this machine alone does without (it cost 5 s a worker)."""
     import ray.data
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     context = ray.data.DataContext.get_current()  # set before any Dataset: each keeps a copy

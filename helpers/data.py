@@ -69,10 +69,9 @@ def _skip_reason(relative: PurePosixPath) -> str | None:
 def list_files(data_uri: str) -> Listing:
     """Every file under ``data_uri``, sorted: images to read, and the others with a reason."""
     where = Location.parse(resolve_data_uri(data_uri))
-    filesystem, root = where.filesystem, where.path
-    listing = Listing(filesystem, root)
+    listing = Listing(where.filesystem, where.path)
     try:
-        infos = filesystem.get_file_info(pyarrow.fs.FileSelector(root, recursive=True))
+        infos = listing.filesystem.get_file_info(pyarrow.fs.FileSelector(listing.root, recursive=True))
     except OSError as error:
         hint = "Check the path." if "://" not in data_uri else s3_hint()
         raise DataUnavailableError(f"data_uri={data_uri!r} cannot be listed: {str(error).splitlines()[0]}. {hint}") \
@@ -80,7 +79,7 @@ def list_files(data_uri: str) -> Listing:
     for info in sorted(infos, key=lambda info: info.path):
         if info.type != pyarrow.fs.FileType.File:
             continue
-        reason = _skip_reason(PurePosixPath(info.path).relative_to(PurePosixPath(root)))
+        reason = _skip_reason(PurePosixPath(info.path).relative_to(PurePosixPath(listing.root)))
         if reason:
             listing.skipped.append((info.path, reason))
         else:

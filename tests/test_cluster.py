@@ -106,7 +106,7 @@ class LoopbackClusters:
 
     def dashboard_get(self, path: str):
         """The JSON the dashboard answers to GET ``path``, with the token."""
-        token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+        token = cluster.auth_token_path().read_text().strip()
         request = urllib.request.Request(self.dashboard + path, headers={"Authorization": f"Bearer {token}"})
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())

@@ -6,12 +6,11 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from pathlib import Path
-
 import psutil
 import pytest
 
 import series
+from helpers.cluster import auth_token_path
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +58,7 @@ def _check_dashboard(url: str) -> None:
     """The dashboard answers on 127.0.0.1, refuses a request without the token (or with a
     wrong one) and serves one with it."""
     assert url.startswith("http://127.0.0.1:"), url
-    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+    token = auth_token_path().read_text().strip()
     assert _status(f"{url}/api/version", None) == 401
     assert _status(f"{url}/api/version", "not-the-token") == 403
     assert _status(f"{url}/api/version", token) == 200
