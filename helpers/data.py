@@ -3,6 +3,7 @@ a class folder is set aside with the reason), and decoding an image file or sayi
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 from collections import defaultdict
@@ -76,14 +77,11 @@ def list_files(data_uri: str) -> Listing:
         hint = "Check the path." if "://" not in data_uri else s3_hint()
         raise DataUnavailableError(f"data_uri={data_uri!r} cannot be listed: {str(error).splitlines()[0]}. {hint}") \
             from None
-    for info in sorted(infos, key=lambda info: info.path):
-        if info.type != pyarrow.fs.FileType.File:
-            continue
-        reason = _skip_reason(PurePosixPath(info.path).relative_to(PurePosixPath(listing.root)))
-        if reason:
-            listing.skipped.append((info.path, reason))
+    for path in sorted(info.path for info in infos if info.type == pyarrow.fs.FileType.File):
+        if reason := _skip_reason(PurePosixPath(path).relative_to(PurePosixPath(listing.root))):
+            listing.skipped.append((path, reason))
         else:
-            listing.images.append(info.path)
+            listing.images.append(path)
     if not listing.images:
         raise FileNotFoundError(f"data_uri={data_uri!r} holds no images in class folders (<label>/<image>, with "
                                 f"extensions {', '.join(IMAGE_EXTENSIONS)}): check the path.")
@@ -105,11 +103,9 @@ def decodable_images(listing: Listing, count: int) -> list[str]:
     """Up to ``count`` image paths, from every class in turn, that decode: for ``read_images``."""
     clean = []
     for path in select_images(listing.images, listing.root, min(len(listing.images), 2 * count)):
-        try:
+        with contextlib.suppress(UnreadableImage, OSError):
             decode_image(listing.read_bytes(path))
-        except (UnreadableImage, OSError):
-            continue
-        clean.append(path)
+            clean.append(path)
     return select_images(clean, listing.root, count)
 
 
@@ -140,8 +136,7 @@ def decode_image(data: bytes, at_least: int | None = None) -> torch.Tensor:
                 scale = at_least / min(width, height)
                 image.draft(image.mode, (max(1, round(width * scale)), max(1, round(height * scale))))
             image.load()
-            rgb = _to_rgb(ImageOps.exif_transpose(image))
-            return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
+            return torch.from_numpy(np.array(_to_rgb(ImageOps.exif_transpose(image)))).permute(2, 0, 1)
     except UnidentifiedImageError:
         raise UnreadableImage("not a readable image (unknown or corrupt format)") from None
     except Image.DecompressionBombError as error:  # over twice the limit: Image.open refuses it

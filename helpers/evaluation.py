@@ -44,13 +44,11 @@ def add_correctness(frame: pd.DataFrame,
                     acceptable: Callable[[str], frozenset[str] | None] | None = None) -> pd.DataFrame:
     """Columns ``top1_correct``, ``top5_correct`` (in the set ``acceptable(path)``, else the folder
     label) and ``top1_folder_label`` (the top-1 is the folder label)."""
-    frame = frame.copy()
     sets = [(acceptable(path) if acceptable else None) or {label}
             for path, label in zip(frame["path"], frame["label"])]
-    frame["top1_correct"] = [top1 in right for top1, right in zip(frame["top1_wnid"], sets)]
-    frame["top5_correct"] = [not right.isdisjoint(top5) for top5, right in zip(frame["top5_wnid"], sets)]
-    frame["top1_folder_label"] = frame["top1_wnid"] == frame["label"]
-    return frame
+    return frame.assign(top1_correct=[top1 in right for top1, right in zip(frame["top1_wnid"], sets)],
+                        top5_correct=[not right.isdisjoint(top5) for top5, right in zip(frame["top5_wnid"], sets)],
+                        top1_folder_label=frame["top1_wnid"] == frame["label"])
 
 
 def summarize(frame: pd.DataFrame, manifest: dict) -> dict:
@@ -88,13 +86,11 @@ def confusion(frame: pd.DataFrame, max_classes: int = 20, max_others: int = 8) -
         ascending=False, kind="stable")  # ties by name
     others = sorted(outside.index[:max_others])
     predicted = predicted.where(predicted.isin([*classes, *others]), OTHER)
-    matrix = pd.crosstab(truth, predicted).reindex(index=classes, columns=[*classes, *others, OTHER], fill_value=0)
-    matrix.index.name, matrix.columns.name = "true", "predicted"
-    return matrix
+    matrix = pd.crosstab(truth, predicted, rownames=["true"], colnames=["predicted"])
+    return matrix.reindex(index=classes, columns=[*classes, *others, OTHER], fill_value=0)
 
 
 def misclassified(frame: pd.DataFrame, count: int) -> pd.DataFrame:
     """Up to ``count`` wrong top-1 predictions, the most confident first."""
-    wrong = frame[~frame["top1_correct"]]
-    return wrong.sort_values("top1_score", ascending=False).head(count)
+    return frame[~frame["top1_correct"]].sort_values("top1_score", ascending=False).head(count)
 

