@@ -112,8 +112,18 @@ def execute_series(output_dir: str | Path, parameters: dict | None = None, noteb
             )
             seconds[notebook.stem] = round(time.perf_counter() - started, 1)
             if progress:
-                print(f"{notebook.stem}: {seconds[notebook.stem]:.1f} s", flush=True)
+                print(f"{notebook.stem}: {seconds[notebook.stem]:.1f} s", *reports(output_dir / "notebooks" / notebook.name),
+                      sep="\n", flush=True)
     return seconds
+
+
+def reports(executed: Path) -> list[str]:
+    """What the cells tagged ``report`` of an executed notebook printed (notebook 03: where the
+    time went), for the logs of ``make run`` and of a job."""
+    import nbformat
+    return [output["text"].rstrip() for cell in nbformat.read(executed, as_version=4).cells
+            if "report" in cell.metadata.get("tags", []) for output in cell.get("outputs", [])
+            if output.get("name") == "stdout"]
 
 
 def fetch_imagenette(size: str = "160", root: str | Path = PROJECT_ROOT / "data") -> Path:

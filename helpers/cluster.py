@@ -14,10 +14,11 @@ from helpers import LOOPBACK_ONLY_VARIABLE, ray_workarounds
 
 @dataclass(frozen=True)
 class ClusterInfo:
-    """What Ray has to work with: each live node's (CPUs, GPUs), and the object store."""
+    """What Ray has to work with: each live node's (CPUs, GPUs), the object store, how far it may grow."""
 
     node_sizes: tuple[tuple[float, float], ...]
     object_store_bytes: float = 0.0
+    largest: tuple[float, float] | None = None  # the most (CPUs, GPUs) it may have; None: Ray does not know
 
     cpus = property(lambda self: sum(cpus for cpus, _ in self.node_sizes))
 
@@ -73,11 +74,10 @@ def init_options() -> dict:
     context.print_on_execution_start = False
     context.wait_for_min_actors_s = 600  # a run starts with its whole pool, or says it cannot
     ray_workarounds.hide_harmless_lines()
-    address = os.environ.get("RAY_ADDRESS")
     options = {"logging_level": logging.ERROR, "log_to_driver": True}
-    if address and os.environ.get(LOOPBACK_ONLY_VARIABLE) != "0":
-        options["runtime_env"] = {"py_modules": [str(Path(helpers.__file__).parent)]}
-    if address:
+    if address := os.environ.get("RAY_ADDRESS"):
+        if os.environ.get(LOOPBACK_ONLY_VARIABLE) != "0":
+            options["runtime_env"] = {"py_modules": [str(Path(helpers.__file__).parent)]}
         return {"address": address, **options}
     if not helpers.RAY_SEES_LOOPBACK_ONLY:
         raise RuntimeError(f"Ray was imported before helpers, without {LOOPBACK_ONLY_VARIABLE}=0: a local Ray "
@@ -94,7 +94,9 @@ def live_nodes() -> dict[str, dict]:
 
 
 def describe() -> ClusterInfo:
-    """The cluster this process is connected to: its live nodes and their resources."""
+    """The cluster this process is connected to: its live nodes, their resources, how far it may grow."""
     import ray
     sizes = [(node["Resources"].get("CPU", 0.0), node["Resources"].get("GPU", 0.0)) for node in live_nodes().values()]
-    return ClusterInfo(tuple(sorted(sizes)), ray.cluster_resources().get("object_store_memory", 0.0))
+    alone = not os.environ.get("RAY_ADDRESS") or os.environ.get(LOOPBACK_ONLY_VARIABLE) == "0"  # nothing joins it
+    largest = tuple(map(sum, zip(*sizes))) if alone else ray_workarounds.largest_cluster()
+    return ClusterInfo(tuple(sorted(sizes)), ray.cluster_resources().get("object_store_memory", 0.0), largest)

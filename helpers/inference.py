@@ -29,6 +29,7 @@ class ActorPlan:
     task_cpus: float  # reserved by each write task, and by each read task of local files
     read_cpus: float  # reserved by each read task
     read_tasks: int | None = None  # read tasks for the whole read (None: Ray's default)
+    max_actors: int = 0  # the pool grows to this many as nodes join (0: num_actors)
 
     @property
     def decodes_in_actors(self) -> bool:
@@ -44,7 +45,8 @@ class ActorPlan:
 
     def __str__(self) -> str:
         gpu = " + 1 GPU" if self.num_gpus else ""
-        return (f"{self.num_actors} actor(s) x {self.num_cpus:g} CPU{gpu} ({self.threads} thread(s) each); "
+        grows = f" (up to {self.max_actors} as nodes join)" if self.max_actors > self.num_actors else ""
+        return (f"{self.num_actors} actor(s){grows} x {self.num_cpus:g} CPU{gpu} ({self.threads} thread(s) each); "
                 f"{self.task_cpus:g} CPU per write task, {self.read_cpus:g} per read task"
                 + (f" ({self.read_tasks} read tasks)" if self.read_tasks else ""))
 
@@ -58,9 +60,8 @@ class ActorPlan:
             most = units // share if share else self.num_actors
             room.append(min(most, int(gpus)) if self.num_gpus else most)
             fill.append(0 if units < task else (units - task) // share + 1 if share else math.inf)
-        if sum(room) < self.num_actors:
-            return False
-        return any(low > high for low, high in zip(fill, room)) or sum(fill) > self.num_actors
+        return sum(room) >= self.num_actors and (any(low > high for low, high in zip(fill, room))
+                                                 or sum(fill) > self.num_actors)
 
 
 def plan_actors(cluster: ClusterInfo, num_actors: int | None, reads_from_a_bucket: bool = False) -> ActorPlan:
@@ -69,6 +70,8 @@ def plan_actors(cluster: ClusterInfo, num_actors: int | None, reads_from_a_bucke
     node keeps ``task_cpus`` (a whole CPU, or half the smallest node) for a read or write task.
     Reads from a bucket reserve an eighth of that and come as 8 tasks per node, so that their
     requests wait together. A given ``num_actors`` share what the tasks leave (README: Performance).
+    Unless ``num_actors`` fixes it, the pool may grow onto joining nodes as far as the cluster's
+    CPUs (GPUs) may (twice, where Ray does not know).
     """
     cpu_nodes = [cpus for cpus, _ in cluster.node_sizes if cpus > 0]
     if not cpu_nodes:
@@ -85,33 +88,30 @@ def plan_actors(cluster: ClusterInfo, num_actors: int | None, reads_from_a_bucke
         actors, task_cpus = num_actors or most, min(0.5, task_cpus)
         share = min(1.0, *(max(0.0, cpus - task_cpus) / gpus for cpus, gpus in gpu_nodes))
         threads = max(1, int(sum(cpus for cpus, _ in gpu_nodes)) // actors)
-        return _plan(actors, share, 1, threads, task_cpus, bucket_nodes)
+        return _plan(actors, share, 1, threads, task_cpus, bucket_nodes, cluster, num_actors)
     for_tasks = [max(task_cpus, cpus // 4) for cpus in cpu_nodes]
-    if num_actors:
-        actors = num_actors
-        share = min((sum(cpu_nodes) - sum(for_tasks)) / actors, _largest_share(cpu_nodes, actors))
+    if actors := num_actors:  # each reserves what the tasks leave, at most what lets all find room however placed
+        shares = sorted({cpus / count for cpus in cpu_nodes for count in range(1, actors + 1)}, reverse=True)
+        fitting = next(s for s in shares if sum(math.floor(cpus / s + 1e-9) for cpus in cpu_nodes) >= actors)
+        share = min((sum(cpu_nodes) - sum(for_tasks)) / actors, fitting)
     else:
         per_actor = 1 if max(cpu_nodes) <= LARGE_NODE_THREADS else LARGE_NODE_THREADS
         intended = [max(1, int(cpus // per_actor)) for cpus in cpu_nodes]
         actors = sum(intended)
         share = min((cpus - kept) / k for cpus, kept, k in zip(cpu_nodes, for_tasks, intended))
     threads = max(1, min(int(sum(cpu_nodes)) // actors, int(max(cpu_nodes))))  # no more than a node has
-    return _plan(actors, share, 0, threads, task_cpus, bucket_nodes)
+    return _plan(actors, share, 0, threads, task_cpus, bucket_nodes, cluster, num_actors)
 
 
-def _plan(actors: int, share: float, gpus: int, threads: int, task_cpus: float, bucket_nodes: int) -> ActorPlan:
+def _plan(actors: int, share: float, gpus: int, threads: int, task_cpus: float, bucket_nodes: int,
+          cluster: ClusterInfo, num_actors: int | None) -> ActorPlan:
     """Shares rounded down to Ray's resolution, so that Ray's sums agree with the plan's;
-    ``bucket_nodes``: the CPU nodes that read from a bucket (0: local files)."""
+    ``bucket_nodes``: the CPU nodes that read from a bucket (0: local files); growth as ``plan_actors`` says."""
+    now, largest = sum(size[gpus] for size in cluster.node_sizes), cluster.largest  # size[1]: GPUs, [0]: CPUs
+    growth = 1.0 if num_actors else 2.0 if largest is None else max(1.0, largest[gpus] / now)
     read_cpus = task_cpus / READS_AT_ONCE_FROM_A_BUCKET if bucket_nodes else task_cpus
     return ActorPlan(actors, math.floor(share * UNITS + 1e-6) / UNITS, gpus, threads, task_cpus, read_cpus,
-                     READS_AT_ONCE_FROM_A_BUCKET * bucket_nodes or None)
-
-
-def _largest_share(cpu_nodes: list[float], actors: int) -> float:
-    """The most CPUs each of ``actors`` actors can reserve and still all find room, however
-    Ray places them: a node of ``c`` CPUs is full at ``c // share`` actors."""
-    candidates = sorted({cpus / count for cpus in cpu_nodes for count in range(1, actors + 1)}, reverse=True)
-    return next(share for share in candidates if sum(math.floor(cpus / share + 1e-9) for cpus in cpu_nodes) >= actors)
+                     READS_AT_ONCE_FROM_A_BUCKET * bucket_nodes or None, math.floor(actors * growth + 1e-9))
 
 
 def describe_predictions(scores: np.ndarray, indices: np.ndarray, valid: np.ndarray | None = None,

@@ -90,3 +90,11 @@ class _LineFilter:
 
     def __getattr__(self, name: str):
         return getattr(self._stream, name)
+
+
+# 3. How far a cluster may grow. Ray 2.60 keeps the node groups an autoscaler reports in the GCS
+# (Ray Data reads them there); only Ray's private state API reads them.
+def largest_cluster() -> tuple[float, float] | None:
+    """The most (CPUs, GPUs) the cluster's autoscaler may give it; None where Ray knows no limit."""
+    most = ray._private.state.state.get_max_resources_from_cluster_config()
+    return (most.get("CPU", 0), most.get("GPU", 0)) if most and most.get("CPU", 0) < sys.maxsize else None

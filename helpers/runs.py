@@ -17,7 +17,7 @@ import time
 import types
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import pandas as pd
 import pyarrow as pa
@@ -57,7 +57,7 @@ class RunSummary:
     data_uri: str
     limit: int | None
     batch_size: int
-    num_actors: int
+    num_actors: int  # that classified this run's rows (where the rows say), else as planned
     threads_per_actor: int
 
     def __str__(self) -> str:
@@ -94,7 +94,7 @@ class Run:
         self.plan, before, free, lost = plan, ray_workarounds.live_actors(), _free_resources(), []
         started = time.perf_counter()
         try:
-            with _watching(self, plan, lost):
+            with _watching(self, plan, lost, before):
                 yield self
         except BaseException as error:
             in_your_code = isinstance(error, ray.exceptions.UserCodeException)
@@ -150,7 +150,8 @@ class Run:
             int((written["error"] == "").sum()), len(skipped), len(written) - len(this_run), round(self.seconds, 3),
             None if math.isnan(steady) else round(steady, 2), _record_of(self.location).get("made_by", {}),
             cfg.model_name, cfg.data_uri, cfg.limit, cfg.batch_size,
-            self.plan.num_actors if self.plan else 0, self.plan.threads if self.plan else 0)
+            int(this_run["actor"].nunique()) if "actor" in this_run and len(this_run) else self.plan.num_actors
+            if self.plan else 0, self.plan.threads if self.plan else 0)
         previous = read_json(cfg.predictions_manifest)["run_id"] if cfg.predictions_manifest.exists() else None
         write_json(cfg.predictions_manifest, asdict(summary))
         for folder in cfg.predictions_dir.children():  # the last complete run, and this one's forerunners
@@ -164,8 +165,7 @@ class Run:
 def open_run(settings: Settings, listing: Listing) -> Run:
     """The newest unfinished run with these settings, resumed, or a new one; it says which."""
     selected = select_images(listing.images, listing.root, settings.limit)
-    manifest = settings.predictions_manifest
-    current = read_json(manifest)["run_id"] if manifest.exists() else None
+    current = read_json(settings.predictions_manifest)["run_id"] if settings.predictions_manifest.exists() else None
     for folder in sorted(settings.predictions_dir.children(), key=lambda folder: folder.name, reverse=True):
         record = _record_of(folder)
         if folder.name == current or record is None or _settings_of(record) != _settings_of(settings):
@@ -200,9 +200,8 @@ def fingerprint(*code: Callable) -> str:
     module): it changes with their code, not with comments (``getsource`` fails in notebooks)."""
     digest = hashlib.sha256()
     for thing in code:
-        classes = [cls for cls in inspect.getmro(thing) if cls.__module__ == thing.__module__] \
-            if inspect.isclass(thing) else []
-        for cls in classes:
+        classes = inspect.getmro(thing) if inspect.isclass(thing) else ()  # the class itself first
+        for cls in (cls for cls in classes if cls.__module__ == thing.__module__):
             digest.update(cls.__qualname__.encode())
             for name, member in sorted(vars(cls).items()):
                 if inspect.isfunction(function := getattr(member, "__func__", member)):
@@ -277,9 +276,9 @@ def _end_actors(before: set[str], free_before: dict[str, float], grace_s: float 
 
 
 @contextlib.contextmanager
-def _watching(run: Run, plan: ActorPlan, lost: list[str]) -> Iterator[None]:
-    """Within ``writing``: every ``NODE_CHECK_S``, if a node is gone and the plan no longer fits
-    the nodes left, add why to ``lost`` and interrupt the main thread; print progress."""
+def _watching(run: Run, plan: ActorPlan, lost: list[str], before: set[str]) -> Iterator[None]:
+    """Within ``writing``, every ``NODE_CHECK_S``: print progress; if a node is gone and the pool (as
+    planned or grown since ``before``) no longer fits the nodes left, say why in ``lost`` and interrupt."""
     rows, stop = {}, threading.Event()
     start, started = cluster.live_nodes(), time.monotonic()
 
@@ -301,14 +300,16 @@ def _watching(run: Run, plan: ActorPlan, lost: list[str]) -> Iterator[None]:
                 live = cluster.live_nodes()
                 if checks % round(PROGRESS_S / NODE_CHECK_S) == 0:
                     progress()
+                gone = [node for node_id, node in start.items() if node_id not in live]
+                actors = len(ray_workarounds.live_actors() - before) if gone else 0
             except Exception:  # noqa: BLE001 - the connection to Ray or the store comes and goes
                 continue
-            gone = [node for node_id, node in start.items() if node_id not in live]
             sizes = tuple((node["Resources"].get("CPU", 0.0), node["Resources"].get("GPU", 0.0)) for node in live.values())
-            if gone and not plan.fits(sizes) and not stop.is_set():
+            pool = replace(plan, num_actors=max(plan.num_actors, actors))
+            if gone and not pool.fits(sizes) and not stop.is_set():
                 names = ", ".join(f"{node['NodeID'][:12]} ({node['NodeManagerAddress']}, "
                                   f"{node['Resources'].get('CPU', 0):g} CPUs)" for node in gone)
-                lost.append(f"Lost node {names} at {time.strftime('%H:%M:%S')}: the plan ({plan}) does not fit the "
+                lost.append(f"Lost node {names} at {time.strftime('%H:%M:%S')}: the pool ({pool}) does not fit the "
                             f"nodes left ({cluster.ClusterInfo(tuple(sorted(sizes))).describe_nodes()}), so the run "
                             "would wait forever for a CPU.")
                 _thread.interrupt_main()

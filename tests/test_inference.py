@@ -22,7 +22,21 @@ def test_two_cpus_get_two_single_threaded_actors_that_leave_a_core_for_the_tasks
     assert (plan.num_actors, plan.num_cpus, plan.num_gpus, plan.threads) == (2, 0.5, 0, 1)
     assert plan.decodes_in_actors and plan.decode_cpus == plan.num_cpus  # Ray fuses decoding in
     assert plan.task_cpus == plan.read_cpus == 1  # one read or write at a time: one worker serves them all
-    assert str(plan) == "2 actor(s) x 0.5 CPU (1 thread(s) each); 1 CPU per write task, 1 per read task"
+    assert str(plan) == ("2 actor(s) (up to 4 as nodes join) x 0.5 CPU (1 thread(s) each); 1 CPU per write task, "
+                         "1 per read task")
+
+
+@pytest.mark.parametrize("nodes, largest, num_actors, most", [
+    ((2, 0), (2, 0), None, 2),  # Ray on this machine alone: nothing joins, the pool keeps its size
+    ((2, 0), None, None, 4),  # a cluster that does not say how far it grows: twice the plan
+    ((2, 0), (9, 0), None, 9),  # an autoscaler allows 9 CPUs: as many actors a CPU as now
+    ((2, 0), None, 2, 2),  # a given num_actors is the pool's size
+    ((16, 2), (48, 6), None, 6),  # one actor a GPU, on as many GPUs as the cluster may have
+])
+def test_the_pool_may_grow_onto_joining_nodes_as_far_as_the_cluster_may(nodes, largest, num_actors, most):
+    plan = inference.plan_actors(ClusterInfo((nodes,), 2**30, largest), num_actors)
+    assert (plan.num_actors, plan.max_actors) == (nodes[1] or 2, most)
+    assert ("up to" in str(plan)) == (most > plan.num_actors)
 
 
 def test_reads_from_a_bucket_reserve_an_eighth_so_that_eight_wait_at_once():

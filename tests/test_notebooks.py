@@ -159,6 +159,20 @@ def test_series_writes_predictions_and_metrics(executed):
         assert (output_dir / "figures" / f"{figure}.png").stat().st_size > 10_000
 
 
+def test_notebook_03_says_where_the_time_went_from_ray_datas_own_numbers(executed):
+    """The table holds every step that ran, and the verdict names the step with the most busy
+    time in that table (on CPUs, the actors that decode and classify) and a lever for it."""
+    output_dir, _ = executed
+    executed_03 = output_dir / "notebooks" / series.NOTEBOOKS[2].name
+    cells = nbformat.read(executed_03, as_version=4).cells
+    table = next(cell for cell in cells if "busy_share" in cell.source and cell.outputs)
+    text = table.outputs[0]["data"]["text/plain"]
+    assert all(step in text for step in ("ReadBinary", "Map(preprocess)->MapBatches(FastClassifier)", "Write"))
+    [verdict] = series.reports(executed_03)
+    assert re.fullmatch(r"Map\(preprocess\)->MapBatches\(FastClassifier\) took \d+% of the workers' busy time: "
+                        r"try more actors .*\.", verdict), verdict
+
+
 def test_executed_notebooks_read_cleanly(executed):
     output_dir, _ = executed
     for path in series.NOTEBOOKS:
