@@ -144,14 +144,14 @@ class Run:
         this_run = written[~written["path"].isin(self.resumed)]
         steady = (steady_images_per_second(this_run) if {"predicted_at", "actor"} <= set(written.columns)
                   and this_run["predicted_at"].notna().all() else math.nan)
+        planned, threads = (self.plan.num_actors, self.plan.threads) if self.plan else (0, 0)
+        actors = int(this_run["actor"].nunique()) if "actor" in this_run and len(this_run) else planned
         summary = RunSummary(
             self.location.name, [file.relative_to(cfg.output_dir) for file in files],
             (self.location / "skipped.csv").relative_to(cfg.output_dir), len(written),
             int((written["error"] == "").sum()), len(skipped), len(written) - len(this_run), round(self.seconds, 3),
             None if math.isnan(steady) else round(steady, 2), _record_of(self.location).get("made_by", {}),
-            cfg.model_name, cfg.data_uri, cfg.limit, cfg.batch_size,
-            int(this_run["actor"].nunique()) if "actor" in this_run and len(this_run) else self.plan.num_actors
-            if self.plan else 0, self.plan.threads if self.plan else 0)
+            cfg.model_name, cfg.data_uri, cfg.limit, cfg.batch_size, actors, threads)
         previous = read_json(cfg.predictions_manifest)["run_id"] if cfg.predictions_manifest.exists() else None
         write_json(cfg.predictions_manifest, asdict(summary))
         for folder in cfg.predictions_dir.children():  # the last complete run, and this one's forerunners
