@@ -19,10 +19,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 run: install  ## execute the four notebooks in order, offline, into $(OUTPUT_DIR)
-	$(PY) -m series --output-dir $(OUTPUT_DIR) $(PARAMS)
+	$(PY) -m helpers.machinery.series --output-dir $(OUTPUT_DIR) $(PARAMS)
 
 submit: install  ## the series as a Ray job on a running cluster: make submit RAY_ADDRESS=http://HOST:8265 OUTPUT_DIR=...
-	$(PY) -m series --submit "$(RAY_ADDRESS)" --output-dir $(OUTPUT_DIR) $(PARAMS)
+	$(PY) -m helpers.machinery.series --submit "$(RAY_ADDRESS)" --output-dir $(OUTPUT_DIR) $(PARAMS)
 
 test: install  ## unit tests, then the notebooks end to end (papermill, then nbval); CI and nightly
 	$(PY) -m pytest
@@ -40,7 +40,7 @@ weights: install  ## cache a torchvision model's weights for offline use: make w
 	$(PY) -c "from helpers import models; models.fetch_weights('$(MODEL)')"
 
 data: install  ## Imagenette (SIZE=160|320|full) via torchvision, md5-checked, into data/ for offline workshops
-	$(PY) -c "import series; print('data_uri:', series.fetch_imagenette('$(SIZE)') / 'val')"
+	$(PY) -c "from helpers.machinery import imagenette; print('data_uri:', imagenette.fetch_imagenette('$(SIZE)') / 'val')"
 
 lab: install  ## open the notebooks in JupyterLab
 	$(VENV)/bin/jupyter lab notebooks

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import multiprocessing
 import os
 import platform
 import sys
@@ -41,74 +40,16 @@ from pathlib import Path
 from unittest import mock
 
 import numpy as np
-import psutil
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from folders import one_per_folder  # noqa: E402
-from s3_server import Proxy, moto_s3  # noqa: E402
-
-from helpers import data, models, sample, settings  # noqa: E402
-import series
+from helpers import data, models, sample, settings
+from helpers.machinery import ray_start, series
+from support.folders import one_per_folder
+from support.machine import PeakMemory, settle
+from support.model_loading import load_model
+from support.s3_server import Proxy, moto_s3
 
 NOTEBOOK_03 = next(nb for nb in series.NOTEBOOKS if nb.name.startswith("03"))
-
-
-def _sample_peak(root_pid: int, interval_s: float, peak, stop) -> None:
-    """Keep in ``peak`` the largest total PSS seen of ``root_pid`` and its descendants."""
-    root, me = psutil.Process(root_pid), os.getpid()
-    while not stop.is_set():
-        total = 0
-        for process in [root, *root.children(recursive=True)]:
-            if process.pid == me:
-                continue
-            try:
-                total += process.memory_full_info().pss
-            except psutil.Error:
-                pass
-        peak.value = max(peak.value, total)
-        stop.wait(interval_s)
-
-
-class PeakMemory:
-    """Samples the memory of this process and all its descendants, keeps the peak.
-
-    Counts each process's proportional set size (PSS), so that pages shared between Ray's
-    workers (the object store, PyTorch's libraries) are counted once, not once per process.
-    Samples from a separate process: reading every process's memory map takes CPU and,
-    in a thread here, the GIL that Ray Data's scheduler (which runs in this process) needs.
-    """
-
-    def __init__(self, interval_s: float = 0.5):
-        context = multiprocessing.get_context("fork")
-        self._peak = context.Value("q", 0)
-        self._stop = context.Event()
-        self._process = context.Process(target=_sample_peak, daemon=True,
-                                        args=(os.getpid(), interval_s, self._peak, self._stop))
-
-    @property
-    def peak_bytes(self) -> int:
-        return self._peak.value
-
-    def __enter__(self) -> "PeakMemory":
-        self._process.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._process.join()
-
-
-def settle(busy_percent: float = 15, timeout_s: float = 20) -> None:
-    """Wait until the machine is quiet (or ``timeout_s`` passed) before a timed run.
-
-    A pipeline's actors and workers go on exiting, and freeing their memory, after the run
-    returns: without this the bare loop right after a pipeline run shared the cores with
-    them and measured up to a quarter slower.
-    """
-    deadline = time.monotonic() + timeout_s
-    while psutil.cpu_percent(interval=0.5) > busy_percent and time.monotonic() < deadline:
-        pass
 
 
 class Predictor:
@@ -117,7 +58,7 @@ class Predictor:
 
     def __init__(self, model_name: str):
         self.preprocessing = models.preprocessing(model_name)
-        model = models.get_model(model_name, models.get_weights(model_name)).eval()
+        model = load_model(model_name)
         model = model.to(memory_format=torch.channels_last)
         size = self.preprocessing.crop_size
         example = torch.zeros(2, 3, size, size).contiguous(memory_format=torch.channels_last)
@@ -252,7 +193,7 @@ def run(args: argparse.Namespace) -> dict:
         del pixels
         with bucket_behind_a_proxy(args) as proxy:
             started = time.perf_counter()
-            with series.ray_head(Path(tempfile.mkdtemp()) / "ray-head.log") as variables, \
+            with ray_start.head(Path(tempfile.mkdtemp()) / "ray-head.log") as variables, \
                     mock.patch.dict(os.environ, variables):
                 results["ray_start_seconds"] = round(time.perf_counter() - started, 2)
                 bare, turns, loader = [], [], []
@@ -268,7 +209,7 @@ def run(args: argparse.Namespace) -> dict:
                 if proxy:
                     results["s3"] = from_a_bucket(args, proxy)
     rates = [manifest["images_per_second"] for manifest in turns]
-    results["plan"] = {"actors": turns[0]["num_actors"], "threads_per_actor": turns[0]["threads_per_actor"]}
+    results["actors"] = turns[0]["num_actors"]
     results["bare_loop_images_per_second"] = float(np.median(bare))
     results["bare_loop_runs"] = bare
     results["pipeline_images_per_second"] = float(np.median(rates))

@@ -20,11 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import NOTEBOOK_03, PeakMemory, settle, write_results  # noqa: E402
-from folders import replicate  # noqa: E402  (benchmark puts tests/ on the path)
+from helpers import sample
+from helpers.machinery import series
+from support.folders import replicate
+from support.machine import PeakMemory, settle
 
-from helpers import sample, series  # noqa: E402
+NOTEBOOK_03 = next(nb for nb in series.NOTEBOOKS if nb.name.startswith("03"))
 
 
 def peak_of_notebook_03(images: int, workdir: Path) -> dict:
@@ -57,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{run['images']:>6} images: peak {run['peak_memory_gib']:.2f} GiB, {run['seconds']:.1f} s, "
               f"{run['images_per_second']} images/s")
     print(f"peak at {runs[-1]['images']} over peak at {runs[0]['images']}: {results['largest_over_smallest']:.3f}")
-    write_results(results, args.output)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
 

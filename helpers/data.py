@@ -1,5 +1,7 @@
-"""Images in class folders, local or ``s3://``: listing a messy folder (what is not an image in
-a class folder is set aside with the reason), and decoding an image file or saying why not.
+"""Images in a folder, local or ``s3://``: listing a messy folder (what is not an image is set
+aside with the reason), the label of each image (its class folder, where it has one), and
+decoding an image file or saying why not. A flat folder of photos works as well as ImageNet's
+layout of class folders (``<wnid>/<image>``).
 """
 from __future__ import annotations
 
@@ -33,14 +35,16 @@ class UnreadableImage(ValueError):
 
 @dataclass
 class Listing:
-    """The files under a data root: images in class folders, and what was set aside."""
+    """The files under a data root: the images, and what was set aside."""
 
     filesystem: pyarrow.fs.FileSystem
     root: str
     images: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
 
-    in_a_bucket = property(lambda self: not isinstance(self.filesystem, pyarrow.fs.LocalFileSystem))
+    @property
+    def in_a_bucket(self) -> bool:
+        return not isinstance(self.filesystem, pyarrow.fs.LocalFileSystem)
 
     def read_bytes(self, path: str) -> bytes:
         """One file's bytes, as ``read_binary_files`` reads them."""
@@ -53,8 +57,10 @@ def resolve_data_uri(data_uri: str) -> str:
 
 
 def class_folder(path: str, root: str) -> str:
-    """The label of an image: the first folder below the data root (deeper folders allowed)."""
-    return PurePosixPath(path).relative_to(PurePosixPath(root)).parts[0]
+    """The label of an image: the first folder below the data root (deeper folders allowed), or
+    ``""`` for an image directly in the root (a flat folder of photos has no labels)."""
+    parts = PurePosixPath(path).relative_to(PurePosixPath(root)).parts
+    return parts[0] if len(parts) > 1 else ""
 
 
 def _skip_reason(relative: PurePosixPath) -> str | None:
@@ -62,8 +68,6 @@ def _skip_reason(relative: PurePosixPath) -> str | None:
         return "hidden file"
     if relative.suffix.lower().lstrip(".") not in IMAGE_EXTENSIONS:
         return f"not an image file (extension {relative.suffix or 'none'!r})"
-    if len(relative.parts) < 2:
-        return "not inside a class folder"
     return None
 
 
@@ -83,8 +87,8 @@ def list_files(data_uri: str) -> Listing:
         else:
             listing.images.append(path)
     if not listing.images:
-        raise FileNotFoundError(f"data_uri={data_uri!r} holds no images in class folders (<label>/<image>, with "
-                                f"extensions {', '.join(IMAGE_EXTENSIONS)}): check the path.")
+        raise FileNotFoundError(f"data_uri={data_uri!r} holds no images (files with the extensions "
+                                f"{', '.join(IMAGE_EXTENSIONS)}, in it or in folders below it): check the path.")
     return listing
 
 

@@ -46,25 +46,36 @@ def add_correctness(frame: pd.DataFrame,
     label) and ``top1_folder_label`` (the top-1 is the folder label)."""
     sets = [(acceptable(path) if acceptable else None) or {label}
             for path, label in zip(frame["path"], frame["label"])]
-    return frame.assign(top1_correct=[top1 in right for top1, right in zip(frame["top1_wnid"], sets)],
-                        top5_correct=[not right.isdisjoint(top5) for top5, right in zip(frame["top5_wnid"], sets)],
+    top1 = [top1 in right for top1, right in zip(frame["top1_wnid"], sets)]
+    top5 = [not right.isdisjoint(top5) for top5, right in zip(frame["top5_wnid"], sets)]
+    return frame.assign(top1_correct=pd.Series(top1, index=frame.index, dtype=bool),
+                        top5_correct=pd.Series(top5, index=frame.index, dtype=bool),
                         top1_folder_label=frame["top1_wnid"] == frame["label"])
 
 
-def summarize(frame: pd.DataFrame, manifest: dict) -> dict:
-    """The headline numbers that ``metrics.json`` records."""
-    scored = frame[frame["label"].map(labels.is_imagenet_wnid)]
-    rates = {name: round(float(scored[column].mean()), 4) if len(scored) else None for name, column in
-             (("top1", "top1_correct"), ("top5", "top5_correct"), ("top1_folder_label", "top1_folder_label"))}
-    return {"num_images": int(len(frame)), "num_skipped": manifest["num_skipped"], "num_scored": int(len(scored)),
-            "num_classes": int(scored["label"].nunique()), **rates, "images_per_second": manifest["images_per_second"],
-            "inference_seconds": manifest["seconds"],
-            **{key: manifest[key] for key in ("model_name", "data_uri", "batch_size", "num_actors", "run_id")},
-            "unscored_labels": sorted(set(frame["label"]) - set(scored["label"]))}
+def summarize(classified: pd.DataFrame, scored: pd.DataFrame, manifest: dict) -> dict:
+    """The headline numbers that ``metrics.json`` records: ``classified`` holds every classified
+    image, ``scored`` those with a class folder, with correctness columns (``add_correctness``)."""
+    rates = {}
+    for name, column in (("top1", "top1_correct"), ("top5", "top5_correct"), ("top1_folder_label", "top1_folder_label")):
+        rates[name] = round(float(scored[column].mean()), 4) if len(scored) else None
+    return {
+        "num_images": int(len(classified)),
+        "num_skipped": manifest["num_skipped"],
+        "num_scored": int(len(scored)),
+        "num_classes": int(scored["label"].nunique()),
+        **rates,
+        "images_per_second": manifest["images_per_second"],
+        "inference_seconds": manifest["seconds"],
+        **{key: manifest[key] for key in ("model_name", "data_uri", "batch_size", "num_actors", "run_id", "levers")},
+        "unscored_labels": sorted(set(classified["label"]) - set(scored["label"])),  # "": images with no folder
+    }
 
 
 def per_class_table(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per folder label: images, top-1, top-5, top-1 by folder label, most predicted."""
+    if frame.empty:
+        return pd.DataFrame(columns=["class", "images", "top1", "top5", "top1_folder_label", "most_predicted"])
     table = frame.groupby("label").agg(images=("path", "size"), top1=("top1_correct", "mean"),
                                        top5=("top5_correct", "mean"), top1_folder_label=("top1_folder_label", "mean"),
                                        most_predicted=("top1_name", lambda names: names.value_counts().index[0]))
@@ -76,6 +87,8 @@ def confusion(frame: pd.DataFrame, max_classes: int = 20, max_others: int = 8) -
     """Counts of true class (rows) x top-1 prediction (columns), by name: the true classes (of
     more than ``max_classes``, those with most errors), the ``max_others`` most frequent other
     predictions (*Egyptian cat* for tabbies), then ``(other)``: readable with 1000 classes."""
+    if frame.empty:
+        return pd.DataFrame()
     truth = frame["label"].map(labels.label_to_name)
     errors = (~frame["top1_correct"]).groupby(truth).sum()
     shown = errors.sort_values(ascending=False, kind="stable").index[:max_classes]

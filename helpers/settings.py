@@ -42,11 +42,23 @@ class Settings:
     batch_size: int
     num_actors: int | None
 
-    predictions_dir = property(lambda self: self.output_dir / "predictions", doc="A folder per run (see ``runs``).")
-    predictions_manifest = property(lambda self: self.output_dir / "predictions.json",
-                                    doc="The JSON that names the last complete run.")
-    metrics_path = property(lambda self: self.output_dir / "metrics.json")
-    figures_dir = property(lambda self: self.output_dir / "figures")
+    @property
+    def predictions_dir(self) -> Location:
+        """A folder per run (``helpers.machinery.runs``)."""
+        return self.output_dir / "predictions"
+
+    @property
+    def predictions_manifest(self) -> Location:
+        """The JSON that names the last complete run."""
+        return self.output_dir / "predictions.json"
+
+    @property
+    def metrics_path(self) -> Location:
+        return self.output_dir / "metrics.json"
+
+    @property
+    def figures_dir(self) -> Location:
+        return self.output_dir / "figures"
 
 
 def _project_path(path: str | os.PathLike) -> Path:
@@ -55,21 +67,23 @@ def _project_path(path: str | os.PathLike) -> Path:
 
 
 def _check_positive_int(name: str, value, allow_none: bool) -> None:
-    if (value is not None or not allow_none) and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-        hint = "a whole number >= 1" + (", or None" if allow_none else "")
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        hint = "a whole number >= 1, or None" if allow_none else "a whole number >= 1"
         raise SettingsError(f"{name}={value!r} is not valid: use {hint}.")
 
 
 def _check_data_uri(data_uri) -> str:
     if not isinstance(data_uri, str) or not data_uri.strip():
         raise SettingsError(f"data_uri={data_uri!r} is empty: use {SAMPLE_DATA!r} for the embedded sample, a "
-                            "folder of class folders, or an s3:// URI.")
+                            "folder of images (class folders or not), or an s3:// URI.")
     if data_uri == SAMPLE_DATA or data_uri.startswith("s3://"):
         return data_uri
     folder = _project_path(data_uri)
     if not folder.is_dir():
-        raise SettingsError(f"data_uri={data_uri!r}: no such folder ({folder}). Point it at a folder of class "
-                            f"folders (<wnid>/<image>), or use {SAMPLE_DATA!r} for the embedded sample.")
+        raise SettingsError(f"data_uri={data_uri!r}: no such folder ({folder}). Point it at a folder of "
+                            f"images (class folders <wnid>/<image>, or not), or use {SAMPLE_DATA!r} for the embedded sample.")
     return str(folder)
 
 
@@ -99,4 +113,5 @@ def resolve(data_uri: str = SAMPLE_DATA, model_name: str = OFFLINE_MODEL, output
     _check_positive_int("batch_size", batch_size, allow_none=False)
     _check_positive_int("num_actors", num_actors, allow_none=True)
     check_model_name(model_name)
-    return Settings(_check_data_uri(data_uri), model_name, _check_output_dir(output_dir), limit, batch_size, num_actors)
+    return Settings(data_uri=_check_data_uri(data_uri), model_name=model_name, output_dir=_check_output_dir(output_dir),
+                    limit=limit, batch_size=batch_size, num_actors=num_actors)

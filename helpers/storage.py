@@ -49,8 +49,13 @@ class Location:
     def __truediv__(self, name: str) -> Location:
         return Location(self.filesystem, posixpath.join(self.path, str(name)), self.scheme)
 
-    name = property(lambda self: posixpath.basename(self.path))
-    is_local = property(lambda self: isinstance(self.filesystem, pyarrow.fs.LocalFileSystem))
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path)
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.filesystem, pyarrow.fs.LocalFileSystem)
 
     def relative_to(self, other: Location) -> str:
         return posixpath.relpath(self.path, other.path)

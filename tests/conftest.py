@@ -37,12 +37,13 @@ def local_top1():
     import torch
 
     from helpers import data, labels, models
+    from support.model_loading import load_model
 
     def top1(paths, model_name: str) -> list[str]:
         spec = models.preprocessing(model_name)
         pixels = np.stack([spec.resize_and_crop(data.decode_image(path.read_bytes(), at_least=spec.resize_size))
                            for path in paths])
-        model = models.get_model(model_name, models.get_weights(model_name)).eval()
+        model = load_model(model_name)
         with torch.inference_mode():
             logits = model(spec.normalize(torch.from_numpy(pixels)))
         return [labels.wnids()[int(index)] for index in logits.argmax(dim=1)]
@@ -53,7 +54,7 @@ def local_top1():
 @pytest.fixture(scope="session")
 def moto_server() -> dict[str, str]:
     """A moto S3 server on 127.0.0.1 for the whole session; yields the AWS variables for it."""
-    from s3_server import moto_s3
+    from support.s3_server import moto_s3
 
     with moto_s3() as variables:
         yield variables
@@ -73,12 +74,12 @@ def series_ray(moto_server, tmp_path_factory) -> dict[str, str]:
     variables that make a series join it: ``with mock.patch.dict(os.environ, series_ray): ...``."""
     import contextlib
 
-    import series
+    from helpers.machinery import ray_start
 
     with contextlib.ExitStack() as stack:
         with mock.patch.dict(os.environ, moto_server):  # what the head's workers inherit
             log = tmp_path_factory.mktemp("series-ray") / "ray-head.log"
-            variables = stack.enter_context(series.ray_head(log, stop_timeout_s=5))  # then killed: nothing to keep
+            variables = stack.enter_context(ray_start.head(log, stop_timeout_s=5))  # then killed: nothing to keep
         yield variables
 
 
@@ -91,7 +92,7 @@ def executed(tmp_path_factory, sample_dir, series_ray):
     them). Yields the output folder and the seconds of each step."""
     from pathlib import Path
 
-    import series
+    from helpers.machinery import series
 
     kept = os.environ.get("TEST_OUTPUT_DIR")
     output_dir = Path(kept).resolve() if kept else tmp_path_factory.mktemp("series")

@@ -21,9 +21,10 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import LOOPBACK_ONLY_VARIABLE, PROJECT_ROOT, cluster, data, sample
-import series
-from folders import replicate
+from helpers import PROJECT_ROOT, data, sample
+from helpers.machinery import auth_token, ray_start
+from helpers.machinery import series
+from support.folders import replicate
 from test_long_runs import NOTEBOOK_03, complete_files, start_notebook_03, wait_for_rows
 
 pytestmark = pytest.mark.slow
@@ -65,7 +66,7 @@ class LoopbackClusters:
         if not self.cpus or self.cpus[0] != cpus[0] or self.cpus != cpus[:len(self.cpus)] \
                 or dashboard != bool(self.dashboard):
             self.stop()
-            port, dashboard_port = series.free_port(), series.free_port()
+            port, dashboard_port = ray_start.free_port(), ray_start.free_port()
             self.address = f"127.0.0.1:{port}"
             self.dashboard = f"http://127.0.0.1:{dashboard_port}" if dashboard else ""
             self._start(["--head", f"--port={port}", f"--num-cpus={cpus[0]}",
@@ -86,7 +87,7 @@ class LoopbackClusters:
         log_path = self.logs / f"node-{len(self.processes)}.log"
         self.processes.append(_launch(arguments, cwd, log_path))
         try:
-            series.wait_until_started(log_path, self.processes[-1])
+            ray_start.wait_until_started(log_path, self.processes[-1])
         except BaseException:  # not started, or interrupted: leave no Ray behind
             self.stop()
             raise
@@ -108,7 +109,7 @@ class LoopbackClusters:
 
     def dashboard_get(self, path: str):
         """The JSON the dashboard answers to GET ``path``, with the token."""
-        token = cluster.auth_token_path().read_text().strip()
+        token = auth_token.auth_token_path().read_text().strip()
         request = urllib.request.Request(self.dashboard + path, headers={"Authorization": f"Bearer {token}"})
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
@@ -119,13 +120,13 @@ def clusters(tmp_path_factory):
     """Multi-node clusters need ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` unset (``import helpers``
     sets it for a Ray on this machine alone), for the nodes and for the drivers that join; the
     nodes' ``python`` is this environment's, as a cluster's is the one with the requirements."""
-    environment = {name: value for name, value in os.environ.items() if name != LOOPBACK_ONLY_VARIABLE}
+    environment = {name: value for name, value in os.environ.items() if name != ray_start.SINGLE_MACHINE_VARIABLE}
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])  # a job's `python`
     health_checks = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}  # a lost node
     # is marked dead in about 3 s rather than 15 to 30 (what the lost-node tests mostly waited for)
     with mock.patch.dict(os.environ, {**environment, **health_checks, "RAY_AUTH_MODE": "token", "PATH": path},
                          clear=True):
-        cluster.ensure_auth_token()  # `ray start` needs one; the tests' fresh home has none yet
+        auth_token.ensure_auth_token()  # `ray start` needs one; the tests' fresh home has none yet
         running = LoopbackClusters(tmp_path_factory.mktemp("logs"), tmp_path_factory.mktemp("unrelated"))
         try:
             yield running
@@ -151,10 +152,10 @@ def assert_planned_for(shape: str, notebook: Path, manifest: dict) -> None:
 
 PROBE = """
 import json, os, ray
-from helpers import cluster
+from helpers.machinery import cluster_shape, ray_start
 
-ray.init(**cluster.init_options())
-info = cluster.describe()
+ray.init(**ray_start.init_options())
+info = cluster_shape.describe()
 
 @ray.remote(num_cpus=0, resources={"second_node": 1})
 def where():

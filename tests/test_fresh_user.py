@@ -7,15 +7,15 @@ import time
 
 import pytest
 
-from helpers import cluster, data, inference, ray_workarounds, runs, settings
-import series
+from helpers import data, settings
+from helpers.machinery import auth_token, ray_start, ray_workarounds, runs
 
 JOIN = """
-from helpers import cluster
-import ray
-ray.init(**cluster.init_options())
-info = cluster.describe()
-print("joined", len(info.node_sizes), info.cpus)
+import ray  # before helpers: the order does not matter
+from helpers.machinery import cluster_shape, ray_start
+ray.init(**ray_start.init_options())
+info = cluster_shape.describe()
+print("joined", len(info.node_sizes), info.cpus, [node["NodeManagerAddress"] for node in ray.nodes()])
 """
 
 
@@ -35,11 +35,11 @@ def _mode(path) -> int:
 
 
 def test_ensure_auth_token_creates_a_private_token_once(new_home):
-    path = cluster.ensure_auth_token()
+    path = auth_token.ensure_auth_token()
     assert path == new_home / ".ray" / "auth_token"
     token = path.read_text()
     assert len(token) == 64 and _mode(path) == 0o600
-    assert cluster.ensure_auth_token() == path and path.read_text() == token  # kept, not replaced
+    assert auth_token.ensure_auth_token() == path and path.read_text() == token  # kept, not replaced
 
 
 def test_ensure_auth_token_makes_an_existing_token_private(new_home):
@@ -47,18 +47,18 @@ def test_ensure_auth_token_makes_an_existing_token_private(new_home):
     path.parent.mkdir()
     path.write_text("f" * 64)
     path.chmod(0o644)  # as `ray.init` writes it
-    assert cluster.ensure_auth_token() == path
+    assert auth_token.ensure_auth_token() == path
     assert _mode(path) == 0o600 and path.read_text() == "f" * 64
 
 
 def test_ensure_auth_token_follows_ray_auth_token_path_and_leaves_ray_auth_token_alone(new_home, monkeypatch):
     custom = new_home / "elsewhere" / "token"
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(custom))
-    assert cluster.ensure_auth_token() == custom and _mode(custom) == 0o600
+    assert auth_token.ensure_auth_token() == custom and _mode(custom) == 0o600
     assert not (new_home / ".ray").exists()
     monkeypatch.setenv("RAY_AUTH_TOKEN", "a" * 64)
     custom.unlink()
-    assert cluster.ensure_auth_token() is None and not custom.exists()
+    assert auth_token.ensure_auth_token() is None and not custom.exists()
 
 
 def test_the_series_starts_ray_for_a_new_user(new_home, tmp_path, monkeypatch):
@@ -67,14 +67,14 @@ def test_the_series_starts_ray_for_a_new_user(new_home, tmp_path, monkeypatch):
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     log = tmp_path / "ray-head.log"
     started = time.monotonic()
-    with series.ray_head(log) as variables:
+    with ray_start.head(log) as variables:
         token_file = new_home / ".ray" / "auth_token"
         assert token_file.is_file() and _mode(token_file) == 0o600
         assert variables["RAY_AUTH_MODE"] == "token" and variables["RAY_ADDRESS"].startswith("127.0.0.1:")
         joined = subprocess.run([sys.executable, "-c", JOIN], capture_output=True, text=True, timeout=300,
                                 env={**os.environ, **variables})
     assert joined.returncode == 0, joined.stderr[-3000:]
-    assert "joined 1" in joined.stdout, (joined.stdout, joined.stderr[-2000:])
+    assert "joined 1" in joined.stdout and "['127.0.0.1']" in joined.stdout, (joined.stdout, joined.stderr[-2000:])
     token = token_file.read_text()
     assert token not in log.read_text() + joined.stdout + joined.stderr
     assert time.monotonic() - started < 240
@@ -113,7 +113,7 @@ def local_ray():
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(**cluster.init_options())
+    ray.init(**ray_start.init_options())
     yield
     ray.shutdown()
 
@@ -132,10 +132,9 @@ def test_a_failed_run_leaves_no_actor_and_no_cpu_behind_and_keeps_its_files(loca
         (folder / f"n01440764/f{i:03d}.jpg").parent.mkdir(exist_ok=True)
         (folder / f"n01440764/f{i:03d}.jpg").write_bytes(os.urandom(1000))
     cfg = settings.resolve(str(folder), output_dir=str(tmp_path / "outputs"))
-    plan = inference.plan_actors(cluster.describe(), None)
     run = runs.open_run(cfg, data.list_files(cfg.data_uri))
     with pytest.raises(Exception) as raised:
-        with run.writing(_pipeline, plan=plan):
+        with run.writing(_pipeline, actors=2, num_cpus=0.5):
             _pipeline(folder, str(folder / f"n01440764/f{fail_at:03d}.jpg"), delay).write_parquet(
                 run.path, ray_remote_args={"num_cpus": 1})
     assert "killed midway" in str(raised.value)  # the block's own error

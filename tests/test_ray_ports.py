@@ -9,8 +9,8 @@ import urllib.request
 import psutil
 import pytest
 
-import series
-from helpers.cluster import auth_token_path
+from helpers.machinery import ray_start
+from helpers.machinery.auth_token import auth_token_path
 
 pytestmark = pytest.mark.slow
 
@@ -18,11 +18,11 @@ LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 
 DRIVER = """
 import sys
-from helpers import cluster
-import ray
+import ray  # before helpers: the order does not matter
+from helpers.machinery import ray_start
 from ray._private.authentication.authentication_utils import is_token_auth_enabled
 
-context = ray.init(**cluster.init_options())
+context = ray.init(**ray_start.init_options())
 
 @ray.remote(num_cpus=0)
 class Where:
@@ -91,7 +91,7 @@ def _assert_loopback_only(found: set[tuple[str, str]]) -> None:
 
 @pytest.mark.timeout(300)
 def test_the_series_head_and_its_drivers_listen_on_loopback_only(tmp_path):
-    with series.ray_head(tmp_path / "ray-head.log") as variables:
+    with ray_start.head(tmp_path / "ray-head.log") as variables:
         found = _drive({**os.environ, **variables})
     _assert_loopback_only(found)
 

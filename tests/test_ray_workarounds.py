@@ -7,17 +7,17 @@ import sys
 
 import pytest
 
-from helpers import ray_workarounds
+from helpers.machinery import ray_workarounds
 
 # A driver with its own Ray and an actor pool that fails.
 DRIVER = """
 import json, sys, time
 import ipykernel  # as in a notebook's kernel: hide_harmless_lines acts only there
-from helpers import cluster, ray_workarounds
-import ray, ray.data
+import ray, ray.data  # before helpers: the order does not matter
+from helpers.machinery import ray_start, ray_workarounds
 
 ray_workarounds._installed = True  # see the raw stderr here; the filter is tested on its own
-ray.init(**cluster.init_options())
+ray.init(**ray_start.init_options())
 
 class Failing:
     def __call__(self, batch):
@@ -111,7 +111,7 @@ def test_workaround_2_the_filter_drops_those_lines_only():
 FD2 = r"""
 import os, sys, time
 import ipykernel
-from helpers import ray_workarounds
+from helpers.machinery import ray_workarounds
 ray_workarounds.hide_harmless_lines()
 os.write(2, b"[E core_worker.cc] Actor ... has constructor arguments in the object store and max_restarts > 0. ...\n")
 os.write(2, b"[E raylet] a real crash\n")
@@ -123,3 +123,36 @@ def test_workaround_2_native_stderr_keeps_every_other_line():
     result = subprocess.run([sys.executable, "-c", FD2], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stderr == "[E raylet] a real crash\n"
+
+
+WORKAROUND_4 = """
+import ray._private.services as services
+from helpers.machinery import ray_workarounds
+
+before = services.resolve_ip_for_localhost("127.0.0.1")
+ray_workarounds.keep_loopback_addresses()
+print(before, services.resolve_ip_for_localhost("127.0.0.1"))
+"""
+
+
+def _own_address() -> str | None:
+    """This machine's address towards the network, where it has one (a UDP connect sends nothing)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: routed where there is a network, never reached
+        except OSError:
+            return None
+        return probe.getsockname()[0]
+
+
+def test_workaround_4_loopback_stays_loopback_whatever_was_imported_first():
+    env = {name: value for name, value in os.environ.items() if name != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    result = subprocess.run([sys.executable, "-c", WORKAROUND_4], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    before, after = result.stdout.split()
+    assert after == "127.0.0.1", "ray_workarounds.keep_loopback_addresses no longer keeps 127.0.0.1: check Ray's ENABLE_RAY_CLUSTER"
+    if (own := _own_address()) and not own.startswith("127."):
+        assert before != "127.0.0.1", (
+            "Ray no longer turns 127.0.0.1 into the machine's address: ray_workarounds.keep_loopback_addresses may go")

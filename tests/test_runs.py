@@ -8,8 +8,10 @@ from unittest import mock
 import pandas as pd
 import pytest
 
-from helpers import data, runs, settings, storage
-from s3_server import Proxy
+from helpers import data, settings, storage
+from helpers.machinery import run_files, runs
+from helpers.machinery.fingerprint import fingerprint
+from support.s3_server import Proxy
 
 CODE = {"model_name": settings.OFFLINE_MODEL, "code": "0123456789abcdef"}
 
@@ -97,8 +99,8 @@ def test_reads_that_fail_now_and_then_are_retried_and_delete_nothing(images, mot
     file. Nothing is deleted."""
     import boto3
 
-    monkeypatch.setattr(runs, "READ_ATTEMPTS", 3)
-    monkeypatch.setattr(runs.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(run_files, "READ_ATTEMPTS", 3)
+    monkeypatch.setattr(run_files.time, "sleep", lambda seconds: None)
     fetches = []
 
     def every_other_fetch(request: bytes) -> bool:
@@ -183,13 +185,32 @@ def test_publish_needs_every_image_once_then_replaces_what_it_supersedes(images,
 def test_the_fingerprint_follows_the_code_not_its_place():
     namespace: dict = {}
     exec("def preprocess(row):\n    return row\n", namespace)
-    first = runs.fingerprint(namespace["preprocess"])
+    first = fingerprint(namespace["preprocess"])
     exec("\n\n# moved, with a comment\ndef preprocess(row):\n    return row\n", namespace)
-    assert runs.fingerprint(namespace["preprocess"]) == first
+    assert fingerprint(namespace["preprocess"]) == first
     exec("def preprocess(row):\n    return {**row, 'x': 1}\n", namespace)
-    assert runs.fingerprint(namespace["preprocess"]) != first
+    assert fingerprint(namespace["preprocess"]) != first
 
     exec("class A:\n    def __call__(self, b):\n        return b\nclass B(A):\n    pass\n", namespace)
-    before = runs.fingerprint(namespace["B"])
+    before = fingerprint(namespace["B"])
     exec("class A:\n    def __call__(self, b):\n        return b[:1]\nclass B(A):\n    pass\n", namespace)
-    assert runs.fingerprint(namespace["B"]) != before  # a change in the base class counts
+    assert fingerprint(namespace["B"]) != before  # a change in the base class counts
+
+
+def test_steady_throughput_excludes_the_first_batch():
+    import math
+
+    from helpers.machinery.steady_rate import steady_images_per_second
+
+    finished = pd.DataFrame({"predicted_at": [10.0] * 32 + [11.0] * 32 + [12.0] * 10, "actor": "a"})
+    assert steady_images_per_second(finished) == 21.0
+    assert math.isnan(steady_images_per_second(pd.DataFrame({"predicted_at": [5.0] * 8, "actor": "a"})))
+
+
+def test_steady_throughput_starts_once_every_actor_is_up():
+    from helpers.machinery.steady_rate import steady_images_per_second
+
+    early = pd.DataFrame({"predicted_at": [10.0] * 8 + [11.0] * 8 + [12.0] * 8 + [13.0] * 8, "actor": "a"})
+    late = pd.DataFrame({"predicted_at": [12.0] * 8 + [13.0] * 8, "actor": "b"})  # up 2 s later
+    # From 12.0 (b's first batch) to 13.0: a's and b's batches at 13.0 count, 16 images in 1 s.
+    assert steady_images_per_second(pd.concat([early, late])) == 16.0

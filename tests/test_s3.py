@@ -12,8 +12,8 @@ import pytest
 from unittest import mock
 
 from helpers import data, settings, storage
-import series
-from helpers.cluster import free_port
+from helpers.machinery import series
+from helpers.machinery.ray_start import free_port
 
 BUCKET = "imagenette-like"
 
@@ -75,7 +75,7 @@ def test_notebook_03_from_a_bucket_30_ms_away_gives_every_image_once_with_the_sa
         bucket, sample_dir, local_top1, tmp_path):
     """Notebook 03, with a Ray of its own (its workers inherit the proxy's endpoint), reads the
     bucket through a proxy that delays every request by 30 ms."""
-    from s3_server import Proxy
+    from support.s3_server import Proxy
     from test_long_runs import NOTEBOOK_03
 
     with Proxy(os.environ["AWS_ENDPOINT_URL"], delay_s=0.030) as proxy, \

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from folders import fingerprint
+from support.folders import fingerprint
 from helpers import data, labels, sample
 
 

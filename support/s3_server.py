@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlparse
 
-from helpers.cluster import free_port
+from helpers.machinery.ray_start import free_port
 
 
 @contextlib.contextmanager

@@ -5,12 +5,15 @@ workaround, when a Ray upgrade changes what one relies on.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import re
 import sys
 import threading
+import time
 
 import ray
+import ray._private.ray_constants
 
 
 # 1. Ending a failed run's actors (Ray 2.60.0). After a failed execution, Ray Data's executor
@@ -31,6 +34,28 @@ def kill_actors(actor_ids: set[str]) -> None:
     for actor_id in actor_ids:
         with contextlib.suppress(Exception):  # already gone
             core_worker.kill_actor(ray.ActorID(bytes.fromhex(actor_id)), True)
+
+
+def free_resources() -> dict[str, float]:
+    """The CPUs and GPUs that nothing reserves now (public API: for ``end_failed_run_actors``)."""
+    return {name: ray.available_resources().get(name, 0.0) for name in ("CPU", "GPU")}
+
+
+def end_failed_run_actors(before: set[str], free_before: dict[str, float], grace_s: float = 2.0,
+                          timeout_s: float = 30.0) -> None:
+    """After a failed run: end the actors that started since ``before`` and wait until the CPUs
+    and GPUs free at its start (``free_before``) are free again."""
+    gc.collect()  # the executor's reference cycles, and with them its actors
+    deadline = time.monotonic() + grace_s
+    while (left := live_actors() - before) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    kill_actors(left)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        still_reserved = any(free < free_before[name] for name, free in free_resources().items())
+        if not (live_actors() - before or still_reserved):
+            return
+        time.sleep(0.1)
 
 
 # 2. Two harmless lines that no setting turns off. Ray 2.60's core worker logs one error line
@@ -98,3 +123,13 @@ def largest_cluster() -> tuple[float, float] | None:
     """The most (CPUs, GPUs) the cluster's autoscaler may give it; None where Ray knows no limit."""
     most = ray._private.state.state.get_max_resources_from_cluster_config()
     return (most.get("CPU", 0), most.get("GPU", 0)) if most and most.get("CPU", 0) < sys.maxsize else None
+
+
+# 4. Loopback stays loopback. Ray 2.60 replaces 127.0.0.1 by the machine's own address, for a
+# node it starts and for an address it joins, and its agents then listen on every interface,
+# unless multi-node clusters are off: ``ENABLE_RAY_CLUSTER``, which Ray reads once from
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when ``ray`` is imported. Set here when Ray is started or
+# joined on 127.0.0.1, whatever was imported first.
+def keep_loopback_addresses() -> None:
+    """From now on, in this process: 127.0.0.1 stays 127.0.0.1 (a Ray on this machine alone)."""
+    ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
