@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pandas as pd
 
 BUSY = 0.8  # actors busy at once, as a share of the pool, above which the model is the limit
+INPUT_BUSY = 0.5  # another step's workers busy at once, above which it may have held the actors up
 LEVERS = {  # what gives a step more workers at once; checked in order ("Map" would match "MapBatches")
     "MapBatches": "more actors (more CPUs or nodes) or a GPU (num_gpus=1), then measure other batch sizes",
     "Map": "more CPU for decoding: a smaller num_cpus for the map's tasks, or decode in the actors "
@@ -46,16 +47,18 @@ def _lever(step: str) -> str:
 
 
 def verdict(table: pd.DataFrame, actors: int) -> str:
-    """What bounded the run: the model's actors (``actors`` of them) if they were busy, else their input."""
+    """What bounded the run: the model's actors (``actors`` of them) where they were busy; else the
+    busiest other step, where one was busy enough to hold them up; else the run's own shortness."""
     model = next(step for step in table.index if "MapBatches" in step)
     busy = table.loc[model, "busy_at_once"]
     if busy >= BUSY * actors:
         return (f"{model}: {busy:.1f} of its {actors} actors busy at once on average: the model bounds the run. "
                 f"Try {_lever(model)}.")
-    inputs = table.drop(index=model)
-    if inputs.empty:
-        return f"{model}: {busy:.1f} of its {actors} actors busy at once on average: they waited, but not for a step."
-    slowest = inputs["busy_at_once"].idxmax()
-    return (f"{model}: only {busy:.1f} of its {actors} actors busy at once on average: they waited for input. "
-            f"Of the steps that feed them, {slowest} was busiest ({inputs.loc[slowest, 'busy_at_once']:.1f} "
-            f"workers at once). Try {_lever(slowest)}.")
+    waited = f"{model}: only {busy:.1f} of its {actors} actors busy at once on average: they waited."
+    others = table.drop(index=model)
+    if others.empty or others["busy_at_once"].max() < INPUT_BUSY:
+        return (f"{waited} No other step was busy either ({', '.join(others.index) or 'none'}): the run was too "
+                "short for the pool, whose start and first batches leave it idle. Measure on more images.")
+    slowest = others["busy_at_once"].idxmax()
+    return (f"{waited} {slowest} was busiest of the other steps ({others.loc[slowest, 'busy_at_once']:.1f} workers at "
+            f"once). Try {_lever(slowest)}.")
