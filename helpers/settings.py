@@ -82,8 +82,8 @@ def _check_data_uri(data_uri) -> str:
         return data_uri
     folder = _project_path(data_uri)
     if not folder.is_dir():
-        raise SettingsError(f"data_uri={data_uri!r}: no such folder ({folder}). Point it at a folder of "
-                            f"images (class folders <wnid>/<image>, or not), or use {SAMPLE_DATA!r} for the embedded sample.")
+        raise SettingsError(f"data_uri={data_uri!r}: no such folder ({folder}). Point it at a folder of images "
+                            f"(in class folders <wnid>/<image> or not), or use {SAMPLE_DATA!r} for the embedded sample.")
     return str(folder)
 
 
@@ -107,11 +107,11 @@ def _check_output_dir(output_dir) -> Location:
 
 
 def resolve(data_uri: str = SAMPLE_DATA, model_name: str = OFFLINE_MODEL, output_dir: str = "outputs",
-            limit: int | None = None, batch_size: int = 32, num_actors: int | None = None) -> Settings:
+            limit: int | None = None, batch_size: int = 16, num_actors: int | None = None) -> Settings:
     """Validate the notebook parameters and return them resolved."""
     _check_positive_int("limit", limit, allow_none=True)
     _check_positive_int("batch_size", batch_size, allow_none=False)
     _check_positive_int("num_actors", num_actors, allow_none=True)
     check_model_name(model_name)
-    return Settings(data_uri=_check_data_uri(data_uri), model_name=model_name, output_dir=_check_output_dir(output_dir),
-                    limit=limit, batch_size=batch_size, num_actors=num_actors)
+    return Settings(data_uri=_check_data_uri(data_uri), model_name=model_name,
+                    output_dir=_check_output_dir(output_dir), limit=limit, batch_size=batch_size, num_actors=num_actors)
