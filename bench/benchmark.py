@@ -1,28 +1,30 @@
-"""Throughput benchmark: the model alone, a bare PyTorch loop, a PyTorch DataLoader loop, and
-notebook 03 itself (run with papermill, as ``make run`` runs it), locally and from a bucket.
-
-All use the same images, the same model and the same decoding and preprocessing, so the ratios
-say what the pipeline's parallelism (actors on every core, reading and writing beside them)
-is worth on this machine:
+"""Throughput benchmark: the model alone, notebook 2's plain loop, a bare optimised loop, a PyTorch
+DataLoader loop, and notebook 03 itself (run with papermill, as ``make run`` runs it), locally and
+from a bucket.
 
     python bench/benchmark.py --output outputs/benchmark.json   # or: make bench
 
-Prints a table and writes JSON: images/s for each (the loops and the notebook at the chosen
-batch size as the median of ``--repeats`` runs, all runs listed), the ratios notebook/bare and
-notebook/DataLoader, peak memory (this process and every process it started, Ray's workers
-included), the notebook's images/s across batch sizes, and the notebook's images/s from a
-bucket on moto's S3 server on 127.0.0.1 holding ``--bucket-folders`` class folders of one
-image each (one listing request per folder, the shape that costs most), without and with a
-delay per request (``--s3-delay-ms``, 30 by default: a bucket in another region). Every
-notebook run joins one Ray head, whose workers reach the bucket through the proxy that adds
-the delay.
+The first notebook 03 run's actors choose their levers by measurement (channels_last, a frozen
+graph, bf16); the model-only rates, the bare loop and the DataLoader loop then use the same
+levers, so that the ratios say what the pipeline's parallelism (single-threaded actors on every
+core, reading and writing beside them) is worth on this machine. The model alone on one thread,
+times the actors, is the pipeline's ceiling (the same cores also decode, read and write);
+notebook 2's loop (the plain fp32 model on every core, a batch at a time) is where a learner
+starts.
 
-The loops and the notebook take turns (bare, notebook, DataLoader, bare, ...) and each ratio
-is the median of the ratios of runs taken side by side: a shared machine whose speed drifts
-during the benchmark then slows both sides of a pair alike instead of favouring whichever
-ran in the fast minutes. Every timed run starts once the machine is quiet. The notebook's
-images/s is its steady state (``predictions.json``): from the moment every actor has
-finished a batch to the last batch.
+Prints a table and writes JSON: images/s for each (the loops and the notebook at the chosen
+batch size as the median of ``--repeats`` runs, all runs listed), the ratios of the notebook to
+the ceiling and to each loop, peak memory (this process and every process it started, Ray's
+workers included), the notebook's images/s across batch sizes, and its images/s from a bucket on
+moto's S3 server on 127.0.0.1 holding ``--bucket-folders`` class folders of one image each, without
+and with a delay per request (``--s3-delay-ms``, 30 by default: a bucket in another region).
+Every notebook run joins one Ray head, whose workers reach the bucket through the proxy that
+adds the delay.
+
+The notebook and the loops take turns, and each ratio is the median of the ratios of runs taken
+side by side: a shared machine whose speed drifts then slows both sides of a pair alike. Every
+timed run starts once the machine is quiet. The notebook's images/s is its steady state
+(``predictions.json``): from the moment every actor has finished a batch to the last batch.
 """
 from __future__ import annotations
 
@@ -34,7 +36,6 @@ import platform
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
@@ -46,30 +47,24 @@ from helpers import data, models, sample, settings
 from helpers.machinery import ray_start, series
 from support.folders import one_per_folder
 from support.machine import PeakMemory, settle
-from support.model_loading import load_model
+from support.model_loading import load_model, prepared
 from support.s3_server import Proxy, moto_s3
 
 NOTEBOOK_03 = next(nb for nb in series.NOTEBOOKS if nb.name.startswith("03"))
 
 
 class Predictor:
-    """The model as notebook 03's ``FastClassifier`` runs it on a CPU: channels_last, a traced
-    and frozen graph, ``inference_mode``; uint8 pixels in, top-5 class indices out."""
+    """The model as notebook 03's ``FastClassifier`` runs it with the levers its actors chose (the
+    run's ``levers``), in ``inference_mode``; uint8 pixels in, top-5 class indices out."""
 
-    def __init__(self, model_name: str):
+    def __init__(self, model_name: str, levers: str):
         self.preprocessing = models.preprocessing(model_name)
-        model = load_model(model_name)
-        model = model.to(memory_format=torch.channels_last)
         size = self.preprocessing.crop_size
-        example = torch.zeros(2, 3, size, size).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated
-            self.model = torch.jit.freeze(torch.jit.trace(model, example))
+        self.run = prepared(load_model(model_name), levers, torch.zeros(2, 3, size, size))
 
     def top_k(self, pixels: np.ndarray, k: int = 5) -> np.ndarray:
         batch = self.preprocessing.normalize(torch.from_numpy(np.ascontiguousarray(pixels)))
-        with torch.inference_mode():
-            return self.model(batch.contiguous(memory_format=torch.channels_last)).topk(k, dim=1).indices.numpy()
+        return self.run(batch).topk(k, dim=1).indices.numpy()
 
 
 def preprocessed(listing: data.Listing, path: str, spec: models.Preprocessing) -> np.ndarray:
@@ -78,13 +73,30 @@ def preprocessed(listing: data.Listing, path: str, spec: models.Preprocessing) -
     return spec.resize_and_crop(data.decode_image(listing.read_bytes(path), at_least=spec.resize_size))
 
 
-def model_only(predictor: Predictor, pixels: np.ndarray, batch_size: int) -> float:
-    """Images/s of the model on ready uint8 tensors (normalisation included), after a warm-up."""
+def model_only(predictor: Predictor, pixels: np.ndarray, batch_size: int, threads: int) -> float:
+    """Images/s of the model on ready uint8 tensors (normalisation included), on ``threads`` threads,
+    after warm-up calls (a frozen graph optimises itself in its first calls)."""
+    torch.set_num_threads(threads)
+    predictor.top_k(pixels[:batch_size])
     predictor.top_k(pixels[:batch_size])
     started = time.perf_counter()
     for start in range(0, len(pixels), batch_size):
         predictor.top_k(pixels[start:start + batch_size])
     return len(pixels) / (time.perf_counter() - started)
+
+
+def plain_loop(model_name: str, listing: data.Listing, paths: list[str], batch_size: int) -> float:
+    """Images/s of notebook 2's loop in one process on every core: read, decode (whole), the
+    weights' own transforms, the plain fp32 model, top-5, a batch at a time (as notebook 03's
+    *What Ray bought* runs it)."""
+    torch.set_num_threads(os.cpu_count())
+    model, transform = load_model(model_name), models.get_weights(model_name).transforms()
+    started = time.perf_counter()
+    for start in range(0, len(paths), batch_size):
+        images = [transform(data.decode_image(listing.read_bytes(path))) for path in paths[start:start + batch_size]]
+        with torch.inference_mode():
+            model(torch.stack(images)).softmax(dim=1).topk(5, dim=1)
+    return len(paths) / (time.perf_counter() - started)
 
 
 def bare_loop(predictor: Predictor, listing: data.Listing, paths: list[str], batch_size: int) -> float:
@@ -187,20 +199,30 @@ def run(args: argparse.Namespace) -> dict:
     }
     notebook = {"data_uri": args.data_uri, "model_name": args.model_name, "limit": args.limit}
     with PeakMemory() as memory:
-        predictor = Predictor(args.model_name)
-        pixels = np.stack([preprocessed(listing, path, predictor.preprocessing) for path in paths])
-        results["model_only_images_per_second"] = round(model_only(predictor, pixels, args.batch_size), 2)
-        del pixels
         with bucket_behind_a_proxy(args) as proxy:
             started = time.perf_counter()
             with ray_start.head(Path(tempfile.mkdtemp()) / "ray-head.log") as variables, \
                     mock.patch.dict(os.environ, variables):
                 results["ray_start_seconds"] = round(time.perf_counter() - started, 2)
-                bare, turns, loader = [], [], []
-                for _ in range(args.repeats):
+                turns = [notebook_03({**notebook, "batch_size": args.batch_size})]  # its actors choose the levers
+                levers = max(turns[0]["levers"], key=turns[0]["levers"].get)
+                predictor = Predictor(args.model_name, levers)
+                pixels = np.stack([preprocessed(listing, path, predictor.preprocessing) for path in paths])
+                settle()
+                one_thread = model_only(predictor, pixels, args.batch_size, threads=1)
+                results["levers"] = levers
+                results["model_only_one_thread_images_per_second"] = round(one_thread, 2)
+                results["model_only_images_per_second"] = round(
+                    model_only(predictor, pixels, args.batch_size, threads=os.cpu_count()), 2)
+                del pixels
+                bare, plain, loader = [], [], []
+                for repeat in range(args.repeats):
+                    if repeat:
+                        turns.append(notebook_03({**notebook, "batch_size": args.batch_size}))
                     settle()
                     bare.append(round(bare_loop(predictor, listing, paths, args.batch_size), 2))
-                    turns.append(notebook_03({**notebook, "batch_size": args.batch_size}))
+                    settle()
+                    plain.append(round(plain_loop(args.model_name, listing, paths, args.batch_size), 2))
                     settle()
                     loader.append(round(dataloader_loop(predictor, listing, paths, args.batch_size,
                                                         args.loader_workers), 2))
@@ -210,6 +232,13 @@ def run(args: argparse.Namespace) -> dict:
                     results["s3"] = from_a_bucket(args, proxy)
     rates = [manifest["images_per_second"] for manifest in turns]
     results["actors"] = turns[0]["num_actors"]
+    results["ceiling_images_per_second"] = round(results["model_only_one_thread_images_per_second"] * results["actors"], 2)
+    results["pipeline_over_ceiling_runs"] = [round(rate / results["ceiling_images_per_second"], 3) for rate in rates]
+    results["pipeline_over_ceiling"] = float(np.median(results["pipeline_over_ceiling_runs"]))
+    results["plain_loop_images_per_second"] = float(np.median(plain))
+    results["plain_loop_runs"] = plain
+    results["pipeline_over_plain_loop_runs"] = [round(p / b, 3) for p, b in zip(rates, plain)]
+    results["pipeline_over_plain_loop"] = float(np.median(results["pipeline_over_plain_loop_runs"]))
     results["bare_loop_images_per_second"] = float(np.median(bare))
     results["bare_loop_runs"] = bare
     results["pipeline_images_per_second"] = float(np.median(rates))
@@ -230,20 +259,25 @@ def run(args: argparse.Namespace) -> dict:
 
 def table(results: dict) -> str:
     rows = [
-        ("model only (ready tensors)", results["model_only_images_per_second"]),
-        ("bare PyTorch loop", results["bare_loop_images_per_second"]),
+        (f"model only, 1 thread ({results['levers']})", results["model_only_one_thread_images_per_second"]),
+        (f"model only, {results['machine']['cpus']} threads", results["model_only_images_per_second"]),
+        (f"ceiling: 1 thread x {results['actors']} actors", results["ceiling_images_per_second"]),
+        ("notebook 2's plain fp32 loop", results["plain_loop_images_per_second"]),
+        ("bare optimised loop", results["bare_loop_images_per_second"]),
         (f"DataLoader, {results['dataloader_workers']} worker(s)", results["dataloader_images_per_second"]),
         ("notebook 03 (steady)", results["pipeline_images_per_second"]),
     ]
     lines = [f"{results['model_name']}, {results['images']} images, batch size {results['batch_size']}",
-             f"{'':<28} {'images/s':>9}"]
-    lines += [f"{name:<28} {value:>9.1f}" for name, value in rows]
-    lines.append(f"medians of {len(results['pipeline_runs'])} runs taking turns: bare {results['bare_loop_runs']}, "
-                 f"notebook {results['pipeline_runs']}; plan {results['plan']}")
-    lines.append(f"pipeline / DataLoader: {results['pipeline_over_dataloader']:.2f} "
-                 f"(median of {results['pipeline_over_dataloader_runs']}; DataLoader {results['dataloader_runs']})")
-    lines.append(f"pipeline / bare loop: {results['pipeline_over_bare']:.2f} (median of {results['pipeline_over_bare_runs']}); "
-                 f"peak memory {results['peak_memory_gib']:.2f} GiB; Ray start {results['ray_start_seconds']:.1f} s")
+             f"{'':<44} {'images/s':>9}"]
+    lines += [f"{name:<44} {value:>9.1f}" for name, value in rows]
+    lines.append(f"medians of {len(results['pipeline_runs'])} runs taking turns: notebook {results['pipeline_runs']}, "
+                 f"plain loop {results['plain_loop_runs']}, bare {results['bare_loop_runs']}, "
+                 f"DataLoader {results['dataloader_runs']}")
+    for name, key in (("the ceiling", "ceiling"), ("plain fp32 loop", "plain_loop"), ("bare loop", "bare"),
+                      ("DataLoader", "dataloader")):
+        lines.append(f"pipeline / {name}: {results[f'pipeline_over_{key}']:.2f} "
+                     f"(median of {results[f'pipeline_over_{key}_runs']})")
+    lines.append(f"peak memory {results['peak_memory_gib']:.2f} GiB; Ray start {results['ray_start_seconds']:.1f} s")
     lines.append("batch size sweep (notebook images/s): " + ", ".join(
         f"{size}: {value:.1f}" for size, value in results["pipeline_batch_size_sweep"].items()))
     if "s3" in results:
@@ -266,8 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-uri", default=settings.SAMPLE_DATA)
     parser.add_argument("--model-name", default=settings.OFFLINE_MODEL)
     parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--sweep", type=lambda text: [int(v) for v in text.split(",") if v], default=[8, 16, 64])
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--sweep", type=lambda text: [int(v) for v in text.split(",") if v], default=[8, 32, 64])
     parser.add_argument("--repeats", type=int, default=3,
                         help="runs of the loops and of notebook 03 at --batch-size, taking turns; medians are reported")
     parser.add_argument("--loader-workers", type=int, default=1,

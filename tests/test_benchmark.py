@@ -28,9 +28,15 @@ def test_a_small_benchmark_writes_every_number(tmp_path):
     results = json.loads(output.read_text())
     assert results["images"] == 48 and results["batch_size"] == 4
     assert len(results["bare_loop_runs"]) == len(results["pipeline_runs"]) == len(results["dataloader_runs"]) == 1
-    for name in ("model_only_images_per_second", "bare_loop_images_per_second", "pipeline_images_per_second",
+    for name in ("model_only_images_per_second", "model_only_one_thread_images_per_second", "ceiling_images_per_second",
+                 "plain_loop_images_per_second", "bare_loop_images_per_second", "pipeline_images_per_second",
                  "dataloader_images_per_second", "peak_memory_gib", "ray_start_seconds"):
         assert results[name] > 0, name
+    assert results["ceiling_images_per_second"] == round(results["model_only_one_thread_images_per_second"]
+                                                         * results["actors"], 2)
+    assert results["levers"] in ("plain", "channels_last") or "frozen graph" in results["levers"] \
+        or results["levers"].startswith("bf16")
+    assert "pipeline / the ceiling" in result.stdout and "pipeline / plain fp32 loop" in result.stdout
     # each ratio pairs a pipeline run with the loop run beside it
     (pipeline,), (bare,), (loader,) = results["pipeline_runs"], results["bare_loop_runs"], results["dataloader_runs"]
     assert results["pipeline_over_bare_runs"] == [round(pipeline / bare, 3)] and "pipeline / DataLoader" in result.stdout
@@ -54,3 +60,11 @@ def test_the_benchmark_bucket_holds_a_folder_per_image_behind_a_proxy_that_delay
         assert seconds[0.2] >= 0.2 > seconds[0.0]  # one request at least, delayed
     with benchmark.bucket_behind_a_proxy(Namespace(s3_delay_ms=0, bucket_folders=6)) as proxy:
         assert proxy is None
+
+
+@pytest.mark.parametrize("script", sorted((PROJECT_ROOT / "bench").glob("*.py")), ids=lambda path: path.name)
+def test_every_benchmark_script_imports_and_explains_itself(script):
+    """``make bench-memory`` broke once on an import nobody ran: every script imports, and ``--help`` works."""
+    result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "usage:" in result.stdout
