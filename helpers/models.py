@@ -52,7 +52,8 @@ class Preprocessing:
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         """N x 3 x H x W uint8 -> float, scaled to [0, 1] then standardised with mean/std."""
         shape = dict(device=batch.device, dtype=torch.float32)
-        mean, std = torch.tensor(self.mean, **shape).view(1, 3, 1, 1), torch.tensor(self.std, **shape).view(1, 3, 1, 1)
+        mean = torch.tensor(self.mean, **shape).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, **shape).view(1, 3, 1, 1)
         return batch.float().div_(255).sub_(mean).div_(std)
 
 
@@ -111,7 +112,8 @@ def _check_downloadable(model_name: str, weights) -> None:
     if cached.exists():
         return
     try:
-        urllib.request.urlopen(urllib.request.Request(weights.url, method="HEAD"), timeout=DOWNLOAD_PROBE_TIMEOUT_S).close()
+        probe = urllib.request.Request(weights.url, method="HEAD")
+        urllib.request.urlopen(probe, timeout=DOWNLOAD_PROBE_TIMEOUT_S).close()
     except (urllib.error.URLError, socket.timeout, OSError) as error:
         raise ModelUnavailableError(
             f"model_name={model_name!r} needs its weights from {weights.url}, which cannot be reached ({error}). "

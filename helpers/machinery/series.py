@@ -14,6 +14,7 @@ import argparse
 import ast
 import contextlib
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -21,8 +22,10 @@ from pathlib import Path
 from unittest import mock
 
 from helpers import PROJECT_ROOT
+from helpers.machinery import preflight  # standard library only, as every import above
 
 NOTEBOOKS = tuple(sorted((PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")))
+IMAGES = PROJECT_ROOT / "notebooks" / "images"  # what the notebooks' prose shows, beside their executed copies
 SOLUTIONS = tuple(sorted((PROJECT_ROOT / "notebooks" / "solutions").glob("[0-9][0-9]_solutions.ipynb")))
 CELL_TIMEOUT_S = 1800
 
@@ -42,6 +45,8 @@ def execute_series(output_dir: str | Path, parameters: dict | None = None, noteb
     output_dir = Path(output_dir).resolve()
     (output_dir / "notebooks").mkdir(parents=True, exist_ok=True)
     (output_dir / "logs").mkdir(exist_ok=True)
+    if IMAGES.is_dir():
+        shutil.copytree(IMAGES, output_dir / "notebooks" / IMAGES.name, dirs_exist_ok=True)
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         if not os.environ.get("RAY_ADDRESS"):
@@ -103,6 +108,7 @@ def run_here(output_dir: str, parameters: dict) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    preflight.check()  # before anything heavy: a job's node whose `python` lacks the pins says so
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default=str(PROJECT_ROOT / "outputs"))
     parser.add_argument("--submit", metavar="DASHBOARD_URL",
