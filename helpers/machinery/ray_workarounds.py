@@ -131,5 +131,7 @@ def largest_cluster() -> tuple[float, float] | None:
 # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when ``ray`` is imported. Set here when Ray is started or
 # joined on 127.0.0.1, whatever was imported first.
 def keep_loopback_addresses() -> None:
-    """From now on, in this process: 127.0.0.1 stays 127.0.0.1 (a Ray on this machine alone)."""
+    """From now on, in this process and the Ray processes it starts (the dashboard's among them,
+    which otherwise look for Ray Data's numbers at the machine's address): 127.0.0.1 stays 127.0.0.1."""
     ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
