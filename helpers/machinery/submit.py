@@ -31,6 +31,7 @@ def job_entrypoint(output_dir: str, parameters: dict) -> str:
 def submit(address: str, output_dir: str, parameters: dict) -> int:
     """Run the series as a Ray job on the cluster whose dashboard is at ``address``
     (``http://HOST:8265``); stream its logs; return 0 once it succeeded, else 1 after its own error."""
+    os.environ.setdefault("RAY_AUTH_MODE", "token")  # read when ray is imported: the client then sends the token
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     if urlparse(address).scheme not in ("http", "https"):
@@ -41,7 +42,6 @@ def submit(address: str, output_dir: str, parameters: dict) -> int:
             raise SystemExit(f"OUTPUT_DIR={output_dir!r} is relative: on a remote cluster it would land in the job's "
                              "temporary working directory. Use an s3:// URI, or a folder every node shares.")
         output_dir = str(Path(output_dir).resolve())  # a cluster on this machine shares its folders
-    os.environ.setdefault("RAY_AUTH_MODE", "token")  # the client then sends the token in every request
     if not os.environ.get("RAY_AUTH_TOKEN") and not (token := auth_token_path()).is_file():
         raise SystemExit(f"make submit needs the cluster's token: set RAY_AUTH_TOKEN, or put it in {token} "
                          "(`ray get-auth-token` prints it on the head node).")
