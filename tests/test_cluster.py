@@ -1,14 +1,13 @@
 """Notebook 03 on existing Ray clusters of several node sizes on 127.0.0.1 (RAY_ADDRESS set),
 a node joining one mid-run and nodes lost, and the series sent to one as a Ray job (`make submit`,
-Ray's Jobs API on the dashboard). (The plan's other shapes are pinned in test_inference.)"""
-import contextlib
+Ray's Jobs API on the dashboard). Every node of every cluster is on 127.0.0.1, and no process
+of theirs, nor any driver, uses an address off loopback (support.loopback_cluster). (The plan's
+other shapes are pinned in test_inference.)"""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +16,6 @@ from unittest import mock
 
 import nbformat
 import pandas as pd
-import psutil
 import pyarrow.parquet as pq
 import pytest
 
@@ -25,18 +23,10 @@ from helpers import PROJECT_ROOT, data, sample
 from helpers.machinery import auth_token, ray_start
 from helpers.machinery import series
 from support.folders import replicate
+from support.loopback_cluster import LoopbackClusters, LoopbackSockets
 from test_long_runs import NOTEBOOK_03, complete_files, start_notebook_03, wait_for_rows
 
 pytestmark = pytest.mark.slow
-RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def _launch(arguments: list[str], cwd: Path, log_path: Path) -> subprocess.Popen:
-    """`ray start --block ...` in ``cwd``, writing to ``log_path``."""
-    with open(log_path, "wb") as log:
-        return subprocess.Popen([RAY, "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
-                                 *arguments], cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
 
 # The CPUs of the head, then of each worker; and the actors the plan gives them (one per CPU).
 CLUSTERS = {
@@ -46,92 +36,30 @@ CLUSTERS = {
 HEAD_AND_WORKER = "cpus-0-2"  # as on Kubernetes, where the head takes no work; with the dashboard (Jobs API)
 
 
-class LoopbackClusters:
-    """One cluster at a time: a head and workers on 127.0.0.1, the workers started from an
-    unrelated directory, the first carrying the custom resource ``second_node``. A shape that
-    only adds workers to the running cluster grows it; any other replaces it. (Real `ray start`
-    nodes rather than ``ray.cluster_utils.Cluster``, whose nodes start from this process and
-    its folder: here each node is a process tree of its own, to kill, in a folder of its own.)"""
-
-    def __init__(self, logs: Path, elsewhere: Path):
-        self.logs, self.elsewhere = logs, elsewhere
-        self.cpus: tuple[int, ...] = ()
-        self.processes: list[subprocess.Popen] = []
-        self.temp_dirs: list[str] = []
-        self.address = self.dashboard = ""
-
-    def shaped(self, cpus: tuple[int, ...], dashboard: bool = False) -> None:
-        """The cluster with these CPUs (head first) runs, and ``RAY_ADDRESS`` names it; with
-        ``dashboard``, its dashboard (and Jobs API) listens on 127.0.0.1 at ``self.dashboard``."""
-        if not self.cpus or self.cpus[0] != cpus[0] or self.cpus != cpus[:len(self.cpus)] \
-                or dashboard != bool(self.dashboard):
-            self.stop()
-            port, dashboard_port = ray_start.free_port(), ray_start.free_port()
-            self.address = f"127.0.0.1:{port}"
-            self.dashboard = f"http://127.0.0.1:{dashboard_port}" if dashboard else ""
-            self._start(["--head", f"--port={port}", f"--num-cpus={cpus[0]}",
-                         *(["--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                            f"--dashboard-port={dashboard_port}"] if dashboard else ["--include-dashboard=false"])],
-                        PROJECT_ROOT)
-            self.cpus = cpus[:1]
-        for index, count in enumerate(cpus[len(self.cpus):], len(self.cpus)):  # one by one: two side by
-            # side timed out on 2 cores. Each worker has a folder of its own, as on its own machine: nodes
-            # sharing one unpack a job's working_dir into the same place, each replacing the other's.
-            self.temp_dirs.append(tempfile.mkdtemp(prefix="ray-node-", dir="/tmp"))  # short: socket paths
-            self._start([f"--address={self.address}", f"--num-cpus={count}", f"--temp-dir={self.temp_dirs[-1]}",
-                         *(['--resources={"second_node": 1}'] if index == 1 else [])], self.elsewhere)
-        self.cpus = cpus
-        os.environ["RAY_ADDRESS"] = self.address
-
-    def _start(self, arguments: list[str], cwd: Path) -> None:
-        log_path = self.logs / f"node-{len(self.processes)}.log"
-        self.processes.append(_launch(arguments, cwd, log_path))
-        try:
-            ray_start.wait_until_started(log_path, self.processes[-1])
-        except BaseException:  # not started, or interrupted: leave no Ray behind
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        """SIGTERM to every node, and SIGKILL to the process group of any still up after 15 s."""
-        for process in reversed(self.processes):
-            process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=30)
-        for folder in self.temp_dirs:
-            shutil.rmtree(folder, ignore_errors=True)
-        self.processes, self.temp_dirs, self.cpus, self.dashboard = [], [], (), ""
-        os.environ.pop("RAY_ADDRESS", None)
-
-    def dashboard_get(self, path: str):
-        """The JSON the dashboard answers to GET ``path``, with the token."""
-        token = auth_token.auth_token_path().read_text().strip()
-        request = urllib.request.Request(self.dashboard + path, headers={"Authorization": f"Bearer {token}"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read())
-
-
 @pytest.fixture(scope="module")
 def clusters(tmp_path_factory):
-    """Multi-node clusters need ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` unset (``import helpers``
-    sets it for a Ray on this machine alone), for the nodes and for the drivers that join; the
-    nodes' ``python`` is this environment's, as a cluster's is the one with the requirements."""
+    """The module's clusters, and a look every 2 s at the sockets of every process the tests
+    start meanwhile (the clusters' processes, their workers, every driver): at the end, none
+    may have used an address off loopback. The drivers that join run with
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` unset, as a user's may (``init_options`` keeps a
+    loopback address loopback); the nodes' ``python`` is this environment's, as a cluster's is
+    the one with the requirements."""
     environment = {name: value for name, value in os.environ.items() if name != ray_start.SINGLE_MACHINE_VARIABLE}
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])  # a job's `python`
     health_checks = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}  # a lost node
     # is marked dead in about 3 s rather than 15 to 30 (what the lost-node tests mostly waited for)
     with mock.patch.dict(os.environ, {**environment, **health_checks, "RAY_AUTH_MODE": "token", "PATH": path},
                          clear=True):
-        auth_token.ensure_auth_token()  # `ray start` needs one; the tests' fresh home has none yet
+        auth_token.ensure_auth_token()  # the nodes need one; the tests' fresh home has none yet
         running = LoopbackClusters(tmp_path_factory.mktemp("logs"), tmp_path_factory.mktemp("unrelated"))
-        try:
-            yield running
-        finally:
-            running.stop()
+        with LoopbackSockets(interval_s=2) as sockets:
+            try:
+                yield running
+            finally:
+                running.stop()
+        print(f"\nSockets of the processes the cluster tests started: {sockets.summary}")
+        assert sockets.samples > 10 and sockets.seen > 0 and not sockets.offenders, \
+            f"sockets off loopback ({sockets.summary}):\n{sockets.report()}"
 
 
 @pytest.fixture(scope="module", params=list(CLUSTERS))
@@ -163,21 +91,25 @@ def where():
     return helpers.__file__, os.getcwd(), ray.get_runtime_context().get_node_id()
 
 module_file, cwd, node_id = ray.get(where.remote())
-second = [n["NodeID"] for n in ray.nodes() if n["Alive"] and "second_node" in n["Resources"]]
+live = [n for n in ray.nodes() if n["Alive"]]
+second = [n["NodeID"] for n in live if "second_node" in n["Resources"]]
 print(json.dumps({"nodes": len(info.node_sizes), "cpus": info.cpus, "module_file": module_file,
-                  "cwd": cwd, "on_second_node": [node_id] == second}))
+                  "cwd": cwd, "on_second_node": [node_id] == second,
+                  "addresses": [n["NodeManagerAddress"] for n in live]}))
 """
 
 
 @pytest.mark.parametrize("ray_cluster", [HEAD_AND_WORKER], indirect=True)
 @pytest.mark.timeout(600)
 def test_helpers_reach_the_second_node_through_runtime_env(ray_cluster):
-    """A driver outside the project (as on a real cluster, where no node has the checkout)."""
+    """A driver outside the project (as on a real cluster, where no node has the checkout),
+    which sees every node on 127.0.0.1."""
     result = subprocess.run([sys.executable, "-c", PROBE], cwd=ray_cluster.elsewhere, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])
     assert found["nodes"] == 2 and found["cpus"] == 2 and found["on_second_node"]
+    assert found["addresses"] == ["127.0.0.1", "127.0.0.1"]  # as ray.nodes() reports them
     assert "runtime_resources" in found["module_file"]  # the package Ray shipped, not the checkout
     assert Path(found["cwd"]).resolve() != PROJECT_ROOT
 
@@ -201,7 +133,8 @@ def test_make_submit_runs_the_series_as_a_ray_job(ray_cluster, tmp_path):
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert "Job raysubmit_" in result.stdout and "succeeded" in result.stdout
     assert "03_distributed_inference" in result.stdout  # the job's own log, streamed
-    assert "of the workers' busy time: try" in result.stdout  # with where the time went
+    actors = CLUSTERS[HEAD_AND_WORKER][1]
+    assert f"of its {actors} actors busy at once on average" in result.stdout  # with where the time went
     manifest = json.loads((tmp_path / "predictions.json").read_text())
     predictions = pd.read_parquet([tmp_path / file for file in manifest["files"]])
     assert manifest["num_rows"] == len(predictions) == predictions["path"].nunique() == 100
@@ -245,16 +178,6 @@ def test_make_submit_refuses_a_relative_output_dir_for_a_remote_cluster():
     assert result.returncode != 0 and "http://HOST:8265" in result.stderr
 
 
-def _kill_node(ray_cluster: LoopbackClusters, index: int) -> float:
-    """SIGKILL the raylet of node ``index`` (its actors, tasks and blocks go with it); when."""
-    raylets = [child for child in psutil.Process(ray_cluster.processes[index].pid).children(recursive=True)
-               if child.name() == "raylet"]
-    assert raylets, "no raylet under the node's `ray start`"
-    for raylet in raylets:
-        raylet.send_signal(signal.SIGKILL)
-    return time.monotonic()
-
-
 def _every_image_once(output_dir: Path, sample_dir: Path, limit: int | None = None) -> dict:
     """The run named by ``predictions.json`` holds one row for each of the first ``limit``
     sample files (all of them by default; a limit leaves the broken files out)."""
@@ -283,7 +206,7 @@ def test_losing_a_node_that_the_plan_needs_stops_the_run_and_a_rerun_completes_i
         try:
             wait_for_rows(64, tmp_path, papermill, log)
             assert not (tmp_path / "predictions.json").exists(), "the run completed before the node was killed"
-            lost_at = _kill_node(ray_cluster, 1)
+            lost_at = ray_cluster.kill_node(1)
             papermill.wait(timeout=600)
             ended_after = time.monotonic() - lost_at
         finally:
@@ -293,7 +216,7 @@ def test_losing_a_node_that_the_plan_needs_stops_the_run_and_a_rerun_completes_i
         failed = nbformat.read(tmp_path / "running.ipynb", as_version=4)
         errors = [output for cell in failed.cells for output in cell.get("outputs", []) if output.output_type == "error"]
         assert [error.ename for error in errors] == ["RunError"], errors
-        assert errors[0].evalue.startswith("Lost node ") and ", 1 CPUs) at " in errors[0].evalue
+        assert errors[0].evalue.startswith(f"Lost node {ray_cluster.nodes[1]['node_id'][:12]} (127.0.0.1, 1 CPUs) at ")
         assert "are kept" in errors[0].evalue and "it resumes" in errors[0].evalue
 
         series.execute_series(tmp_path, {}, notebooks=(NOTEBOOK_03,), progress=False)  # on the head alone
@@ -301,27 +224,6 @@ def test_losing_a_node_that_the_plan_needs_stops_the_run_and_a_rerun_completes_i
         assert manifest["resumed_rows"] >= 64 and manifest["num_actors"] == 1
     finally:
         ray_cluster.stop()  # one node is gone: the next test starts a whole cluster
-
-
-@contextlib.contextmanager
-def _yielding_cpu(*session_leaders: subprocess.Popen):
-    """The lowest priority for these sessions' processes for the duration: on 2 cores, a node
-    started beside a busy run is too slow for Ray, which gives up on a node not started in 30 s.
-    Where Linux groups each session's processes (autogroup), the group's priority is what
-    counts, and is restored after where allowed; elsewhere each process gets nice 19."""
-    groups = [Path(f"/proc/{leader.pid}/autogroup") for leader in session_leaders]
-    for leader, group in zip(session_leaders, groups):
-        if group.exists():
-            group.write_text("19")
-        else:
-            for process in (psutil.Process(leader.pid), *psutil.Process(leader.pid).children(recursive=True)):
-                process.nice(19)
-    try:
-        yield
-    finally:
-        for group in groups:
-            with contextlib.suppress(OSError):  # lowering a nice value may need privileges
-                group.write_text("0")
 
 
 def _rows_by_node(output_dir: Path, node_processes: set[int]) -> int:
@@ -349,16 +251,15 @@ def test_a_node_that_joins_mid_run_classifies_rows_and_one_the_plan_can_spare_co
     papermill = start_notebook_03(output_dir, {"data_uri": str(folder)}, os.environ.copy(), log)
     try:
         wait_for_rows(64, output_dir, papermill, log)
-        with _yielding_cpu(papermill, *ray_cluster.processes):
+        with ray_cluster.yielding_cpu(papermill):
             ray_cluster.shaped((*CLUSTERS["cpus-1-1"][0], 2))
-            joined = psutil.Process(ray_cluster.processes[2].pid)
             deadline = time.monotonic() + 300
-            while not _rows_by_node(output_dir, {child.pid for child in joined.children(recursive=True)}):
+            while not _rows_by_node(output_dir, ray_cluster.node_processes(2)):
                 assert papermill.poll() is None, f"the run ended before an actor on the new node wrote a row: {log}"
                 assert time.monotonic() < deadline, "no row from an actor on the new node within 300 s"
                 time.sleep(0.5)
         assert not (output_dir / "predictions.json").exists()
-        _kill_node(ray_cluster, 1)
+        ray_cluster.kill_node(1)
         papermill.wait(timeout=600)
     finally:
         if papermill.poll() is None:
@@ -371,5 +272,7 @@ def test_a_node_that_joins_mid_run_classifies_rows_and_one_the_plan_can_spare_co
     assert len(predictions) == predictions["path"].nunique() == len(files) and set(predictions["path"]) == files
     assert manifest["num_actors"] == predictions["actor"].nunique() > 2  # the pool outgrew the plan
     notebook = (output_dir / "running.ipynb").read_text()
-    assert "2 node(s) (1, 1 CPUs)" in notebook and "(up to 4 as nodes join)" in notebook
+    assert "2 actors of 0.5 CPU each, on 2 CPUs" in notebook  # planned for 1 + 1 CPUs
+    assert "2 actors of levers each actor measures, growing to 4 as nodes join" in notebook
+    assert "2 node(s) (1, 2 CPUs)" in notebook  # at the end: the head and the node that joined
     assert '"output_type": "error"' not in notebook
