@@ -5,9 +5,10 @@ PY := $(VENV)/bin/python
 OUTPUT_DIR ?= outputs
 PARAMS ?=
 
-.PHONY: install run submit test test-fast bench bench-memory lab weights data clean
+.PHONY: install run submit test test-fast bench bench-memory bench-driver lab weights data clean
 MODEL ?= resnet152
 SIZE ?= 160
+IMAGES ?= 100000,1000000
 
 install: $(VENV)/.installed
 
@@ -35,6 +36,9 @@ bench: install  ## model only vs a bare PyTorch loop vs the Ray Data pipeline, a
 
 bench-memory: install  ## notebook 03's peak memory on 500 and on 5,000 images (about 5 minutes)
 	$(PY) bench/memory.py --output $(OUTPUT_DIR)/memory.json
+
+bench-driver: install  ## the driver's seconds and memory per step on synthetic runs: make bench-driver IMAGES=100000,1000000,10000000
+	$(PY) bench/driver_scaling.py --images $(IMAGES) --output $(OUTPUT_DIR)/driver_scaling.json
 
 weights: install  ## cache a torchvision model's weights for offline use: make weights MODEL=resnet152
 	$(PY) -c "from helpers import models; models.fetch_weights('$(MODEL)')"

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from helpers import labels
 from helpers.settings import Settings
@@ -44,13 +47,31 @@ def add_correctness(frame: pd.DataFrame,
                     acceptable: Callable[[str], frozenset[str] | None] | None = None) -> pd.DataFrame:
     """Columns ``top1_correct``, ``top5_correct`` (in the set ``acceptable(path)``, else the folder
     label) and ``top1_folder_label`` (the top-1 is the folder label)."""
-    sets = [(acceptable(path) if acceptable else None) or {label}
-            for path, label in zip(frame["path"], frame["label"])]
-    top1 = [top1 in right for top1, right in zip(frame["top1_wnid"], sets)]
-    top5 = [not right.isdisjoint(top5) for top5, right in zip(frame["top5_wnid"], sets)]
+    top1_folder_label = frame["top1_wnid"] == frame["label"]
+    top1 = np.array(top1_folder_label.to_numpy(dtype=bool, na_value=False))  # a copy: the sets below change it
+    top5 = _label_in_top5(frame["label"], frame["top5_wnid"])
+    if acceptable:
+        for row, path in enumerate(frame["path"]):
+            if right := acceptable(path):
+                top1[row] = frame["top1_wnid"].iat[row] in right
+                top5[row] = not right.isdisjoint(frame["top5_wnid"].iat[row])
     return frame.assign(top1_correct=pd.Series(top1, index=frame.index, dtype=bool),
                         top5_correct=pd.Series(top5, index=frame.index, dtype=bool),
-                        top1_folder_label=frame["top1_wnid"] == frame["label"])
+                        top1_folder_label=top1_folder_label)
+
+
+def _label_in_top5(label: pd.Series, top5: pd.Series) -> np.ndarray:
+    """Whether each row's label is in its list of WordNet ids (no list: no), column by column in
+    pyarrow rather than a set a row: millions of rows."""
+    lists = pa.array(top5, type=pa.list_(pa.string()), from_pandas=True)
+    if isinstance(lists, pa.ChunkedArray):
+        lists = lists.combine_chunks()
+    rows = pc.list_parent_indices(lists)
+    labels_of_items = pc.take(pa.array(label, type=pa.string(), from_pandas=True), rows)
+    hits = pc.fill_null(pc.equal(pc.list_flatten(lists), labels_of_items), False)
+    found = np.zeros(len(label), dtype=bool)
+    found[rows.to_numpy()[hits.to_numpy(zero_copy_only=False)]] = True
+    return found
 
 
 def summarize(classified: pd.DataFrame, scored: pd.DataFrame, manifest: dict) -> dict:
@@ -68,7 +89,7 @@ def summarize(classified: pd.DataFrame, scored: pd.DataFrame, manifest: dict) ->
         "images_per_second": manifest["images_per_second"],
         "inference_seconds": manifest["seconds"],
         **{key: manifest[key] for key in ("model_name", "data_uri", "batch_size", "num_actors", "run_id", "levers")},
-        "unscored_labels": sorted(set(classified["label"]) - set(scored["label"])),  # "": images with no folder
+        "unscored_labels": sorted(set(classified["label"].unique()) - set(scored["label"].unique())),  # "": no folder
     }
 
 
@@ -89,7 +110,8 @@ def confusion(frame: pd.DataFrame, max_classes: int = 20, max_others: int = 8) -
     predictions (*Egyptian cat* for tabbies), then ``(other)``: readable with 1000 classes."""
     if frame.empty:
         return pd.DataFrame()
-    truth = frame["label"].map(labels.label_to_name)
+    names = {label: labels.label_to_name(label) for label in frame["label"].unique()}
+    truth = frame["label"].map(names)
     errors = (~frame["top1_correct"]).groupby(truth).sum()
     shown = errors.sort_values(ascending=False, kind="stable").index[:max_classes]
     keep = truth.isin(shown)
@@ -105,5 +127,5 @@ def confusion(frame: pd.DataFrame, max_classes: int = 20, max_others: int = 8) -
 
 def misclassified(frame: pd.DataFrame, count: int) -> pd.DataFrame:
     """Up to ``count`` wrong top-1 predictions, the most confident first."""
-    return frame[~frame["top1_correct"]].sort_values("top1_score", ascending=False).head(count)
+    return frame[~frame["top1_correct"]].nlargest(count, "top1_score")
 

@@ -20,19 +20,22 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from helpers.data import Listing, select_images
 from helpers.machinery import node_watch, progress, ray_workarounds
 from helpers.machinery.fingerprint import fingerprint
-from helpers.machinery.run_files import RunError, parquet_names, paths_in
+from helpers.machinery.run_files import RunError, parquet_names, paths_in, read_columns
 from helpers.machinery.steady_rate import steady_images_per_second
 from helpers.settings import Settings
-from helpers.storage import Location, read_json, read_parquet, write_csv, write_json
+from helpers.storage import Location, read_json, write_csv, write_json
 
 __all__ = ["RunError", "Run", "RunSummary", "open_run", "skipped_files"]
 
 RUN_RECORD = "run.json"
 SETTINGS = ("data_uri", "model_name", "limit")  # a run resumes only with the same
+PUBLISHED_COLUMNS = ("path", "error", "levers", "predicted_at", "actor")  # what publishing reads of each row
 
 
 @dataclass(frozen=True)
@@ -144,31 +147,37 @@ class Run:
         this run, delete the runs it supersedes. ``seconds``: the write's; ``actors``: as asked."""
         cfg = self.settings
         files = [file for file in self.location.children() if file.name.endswith(".parquet")]
-        written = read_parquet(files)
-        selected = set(select_images(self.listing.images, self.listing.root, cfg.limit))
-        if len(written) != written["path"].nunique() or set(written["path"]) != selected:
-            raise RunError(f"Run {self.location.name} holds {written['path'].nunique()} of the {len(selected)} images "
+        written = read_columns(files, PUBLISHED_COLUMNS)
+        paths = written["path"]
+        selected = pa.array(select_images(self.listing.images, self.listing.root, cfg.limit), paths.type)
+        held, wanted = pc.count_distinct(paths).as_py(), pc.count_distinct(selected).as_py()
+        if len(written) != held or held != wanted or not pc.all(pc.is_in(paths, value_set=selected)).as_py():
+            raise RunError(f"Run {self.location.name} holds {held} of the {wanted} images "
                            f"({len(written)} rows): not published. Run the notebook again: it resumes.")
-        skipped = skipped_files(self.listing, written)
+        unreadable = pc.fill_null(pc.not_equal(written["error"], ""), True)
+        skipped = skipped_files(self.listing, written.filter(unreadable).select(["path", "error"]).to_pandas())
         write_csv(self.location / "skipped.csv", skipped, index=False)
-        this_run = written[~written["path"].isin(self.resumed)]
+        this_run = written
+        if self.resumed:
+            resumed = pa.array(list(self.resumed), paths.type)
+            this_run = written.filter(pc.invert(pc.is_in(paths, value_set=resumed)))
         self.summary = RunSummary(
             run_id=self.location.name,
             files=[file.relative_to(cfg.output_dir) for file in files],
             skipped_file=(self.location / "skipped.csv").relative_to(cfg.output_dir),
             num_rows=len(written),
-            num_images=int((written["error"] == "").sum()),
+            num_images=pc.sum(pc.equal(written["error"], "")).as_py() or 0,
             num_skipped=len(skipped),
             resumed_rows=len(written) - len(this_run),
             seconds=round(seconds, 3),
             images_per_second=_steady_rate(this_run),
             made_by=_record_of(self.location).get("made_by", {}),
-            levers=written["levers"].value_counts().to_dict() if "levers" in written else {},
+            levers=_counts(written["levers"]) if "levers" in written.column_names else {},
             model_name=cfg.model_name,
             data_uri=cfg.data_uri,
             limit=cfg.limit,
             batch_size=cfg.batch_size,
-            num_actors=int(this_run["actor"].nunique()) if "actor" in this_run and len(this_run) else actors,
+            num_actors=_actors(this_run) or actors,
         )
         previous = read_json(cfg.predictions_manifest)["run_id"] if cfg.predictions_manifest.exists() else None
         write_json(cfg.predictions_manifest, asdict(self.summary))
@@ -213,12 +222,27 @@ def skipped_files(listing: Listing, predictions: pd.DataFrame) -> pd.DataFrame:
                      ignore_index=True).sort_values("path", ignore_index=True)
 
 
-def _steady_rate(rows: pd.DataFrame) -> float | None:
+def _steady_rate(rows: pa.Table) -> float | None:
     """The steady images/s of these rows, where they say when and by which actor (else None)."""
-    if not {"predicted_at", "actor"} <= set(rows.columns) or rows["predicted_at"].isna().any():
+    if not {"predicted_at", "actor"} <= set(rows.column_names):
         return None
-    rate = steady_images_per_second(rows)
+    finished = rows.select(["predicted_at", "actor"]).to_pandas()
+    if finished["predicted_at"].isna().any():
+        return None
+    rate = steady_images_per_second(finished)
     return None if math.isnan(rate) else round(rate, 2)
+
+
+def _actors(rows: pa.Table) -> int:
+    """How many actors classified these rows, where they say (else 0)."""
+    return pc.count_distinct(rows["actor"]).as_py() if "actor" in rows.column_names else 0
+
+
+def _counts(column: pa.ChunkedArray) -> dict[str, int]:
+    """How many rows hold each value (nulls left out), the most frequent first, as pandas' ``value_counts``."""
+    counts = pc.value_counts(column.drop_null())
+    pairs = zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist())
+    return dict(sorted(pairs, key=lambda pair: -pair[1]))
 
 
 def _settings_of(record: dict | Settings) -> dict:
