@@ -102,7 +102,10 @@ def test_notebook_03_writes_the_pipeline_its_cells_type():
         read = next(call for call in chain if _name(call) in READS | {"from_items"})
         assert ast.unparse(read.func).startswith("ray.data."), ast.unparse(read.func)
         mapped = next(call for call in chain if _name(call) == "map_batches")
-        lineage = [classes[mapped.args[0].id]]
+        name = mapped.args[0].id
+        while name not in classes:  # a name bound to a class: classifier = FastClassifier
+            name = assigned[name].id
+        lineage = [classes[name]]
         while lineage[-1].bases:
             (base,) = lineage[-1].bases
             assert isinstance(base, ast.Name) and base.id in classes, \
