@@ -265,7 +265,7 @@ def measured(action: Callable[[], object]) -> dict:
     action()
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     _, peak = resident_mib()
-    return {"seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3), "peak_mib": round(peak),
+    return {"seconds": round(seconds, 6), "cpu_seconds": round(cpu_seconds, 6), "peak_mib": round(peak),
             "held_mib": round(held)}
 
 

@@ -18,7 +18,7 @@ from helpers import PROJECT_ROOT, data
 def test_a_small_benchmark_writes_every_number(tmp_path):
     output = tmp_path / "benchmark.json"
     result = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "bench" / "benchmark.py"), "--limit", "48", "--batch-size", "4",
+        [sys.executable, str(PROJECT_ROOT / "bench" / "benchmark.py"), "--limit", "48", "--copies", "1", "--batch-size", "4",
          "--sweep", "4", "--repeats", "1", "--s3-delay-ms", "0", "--output", str(output)],
         capture_output=True, text=True, timeout=1200,
     )

@@ -50,7 +50,8 @@ def test_the_benchmark_writes_every_figure(tmp_path):
         capture_output=True, text=True, timeout=840, env={**os.environ, "TMPDIR": str(tmp_path)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "at 10,000,000" in result.stdout and "frame = pd.read_parquet(" in result.stdout
+    lines = result.stdout.splitlines()
+    assert "at 10,000,000" in lines[0] and [line.split()[0] for line in lines[2:7]] == list(driver_scaling.STEPS)
     results = json.loads(output.read_text())
     assert set(results["runs"]) == {"500", "1000", "2000"}
     for images, run in results["runs"].items():
@@ -59,6 +60,7 @@ def test_the_benchmark_writes_every_figure(tmp_path):
             assert set(FIGURES) <= set(figures) and figures["seconds"] > 0 and figures["peak_mib"] > 0, (images, step)
         statements = run["evaluate"]["statements"]
         assert any("evaluation.add_correctness(" in s["statement"] for s in statements)
+        assert any("pd.read_parquet(" in s["statement"] for s in statements)
         assert all(s["seconds"] >= 0 and s["peak_mib"] > 0 for s in statements)
     for step, entry in results["growth"].items():
         assert len(entry["cpu_microseconds_per_image"]) == len(entry["bytes_per_image"]) == 2, step
