@@ -107,7 +107,7 @@ def _check_output_dir(output_dir) -> Location:
 
 
 def resolve(data_uri: str = SAMPLE_DATA, model_name: str = OFFLINE_MODEL, output_dir: str = "outputs",
-            limit: int | None = None, batch_size: int = 16, num_actors: int | None = None) -> Settings:
+            limit: int | None = None, batch_size: int = 8, num_actors: int | None = None) -> Settings:
     """Validate the notebook parameters and return them resolved."""
     _check_positive_int("limit", limit, allow_none=True)
     _check_positive_int("batch_size", batch_size, allow_none=False)

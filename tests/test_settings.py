@@ -7,7 +7,7 @@ from helpers.settings import SettingsError
 def test_defaults_resolve(tmp_path):
     cfg = settings.resolve(output_dir=tmp_path)
     assert cfg.data_uri == "sample" and cfg.model_name == "efficientnet_lite0"
-    assert str(cfg.output_dir) == str(tmp_path) and cfg.limit is None and cfg.batch_size == 16
+    assert str(cfg.output_dir) == str(tmp_path) and cfg.limit is None and cfg.batch_size == 8
 
 
 def test_relative_paths_are_relative_to_the_project(tmp_path, monkeypatch):

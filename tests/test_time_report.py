@@ -26,7 +26,7 @@ def test_actors_that_waited_point_at_the_step_that_held_them_up():
 
 
 def test_the_same_busy_count_reads_differently_for_a_bigger_pool():
-    assert "bounds the run" in time_report.verdict(_table(0.2, 3.5, 0.1), actors=4)
+    assert "bound the run" in time_report.verdict(_table(0.2, 3.5, 0.1), actors=4)
     assert "they waited" in time_report.verdict(_table(0.2, 3.5, 0.1), actors=8)
 
 

@@ -64,8 +64,9 @@ class RunSummary:
             rate = f"{self.images_per_second} images/s once every actor was up"
         else:
             rate = "no steady rate (it needs predicted_at and actor columns, and 2 batches an actor)"
-        return (f"{self.num_images} images classified, {self.num_skipped} files skipped, in {self.seconds:.1f} s "
-                f"with {self.num_actors} actor(s): {rate}")
+        overall = f" ({self.num_rows / self.seconds:.1f} files/s in all, start-up included)" if self.seconds else ""
+        return (f"{self.num_images} images classified, {self.num_skipped} files skipped, in {self.seconds:.1f} s"
+                f"{overall} with {self.num_actors} actor(s): {rate}")
 
 
 @dataclass

@@ -52,7 +52,8 @@ def verdict(table: pd.DataFrame, actors: int) -> str:
     model = next(step for step in table.index if "MapBatches" in step)
     busy = table.loc[model, "busy_at_once"]
     if busy >= BUSY * actors:
-        return (f"{model}: {busy:.1f} of its {actors} actors busy at once on average: the model bounds the run. "
+        work = "decoding and the model, fused in them," if "->" in model else "the model in them"
+        return (f"{model}: {busy:.1f} of its {actors} actors busy at once on average: {work} bound the run. "
                 f"Try {_lever(model)}.")
     waited = f"{model}: only {busy:.1f} of its {actors} actors busy at once on average: they waited."
     others = table.drop(index=model)
