@@ -281,6 +281,27 @@ class LoopbackClusters:
                 with contextlib.suppress(psutil.Error):
                     process.nice(0)
 
+    @contextlib.contextmanager
+    def pausing_actors(self, *indexes: int):
+        """Ray Data's actors (``ray::MapWorker`` processes) on nodes ``indexes`` stopped (SIGSTOP)
+        while inside, continued after: their tasks wait, so the pool is busy whatever the input's
+        pace, as when the model bounds the run (Ray Data grows a pool only then)."""
+        roots = [psutil.Process(self.nodes[index]["raylet"]) for index in indexes]
+        actors = []
+        for process in _trees(roots):
+            with contextlib.suppress(psutil.Error):
+                if process.cmdline()[:1] and process.cmdline()[0].startswith("ray::MapWorker"):
+                    actors.append(process)
+        assert actors, f"no ray::MapWorker process on nodes {indexes}"
+        for actor in actors:
+            actor.suspend()
+        try:
+            yield actors
+        finally:
+            for actor in actors:
+                with contextlib.suppress(psutil.Error):
+                    actor.resume()
+
     def dashboard_get(self, path: str):
         """The JSON the dashboard answers to GET ``path``, with the token."""
         from helpers.machinery import auth_token
