@@ -16,6 +16,7 @@ from helpers.machinery import cluster_shape, ray_start
 ray.init(**ray_start.init_options())
 info = cluster_shape.describe()
 print("joined", len(info.node_sizes), info.cpus, [node["NodeManagerAddress"] for node in ray.nodes()])
+ray.data.range(8).map_batches(lambda batch: batch, batch_size=4).materialize()  # Ray Data's detached actors
 """
 
 
@@ -77,6 +78,7 @@ def test_the_series_starts_ray_for_a_new_user(new_home, tmp_path, monkeypatch):
     assert "joined 1" in joined.stdout and "['127.0.0.1']" in joined.stdout, (joined.stdout, joined.stderr[-2000:])
     token = token_file.read_text()
     assert token not in log.read_text() + joined.stdout + joined.stderr
+    assert "did not finish draining" not in log.read_text()  # the head stops at once, not after 30 s
     assert time.monotonic() - started < 240
 
 
