@@ -1,4 +1,5 @@
 """A new user on a fresh machine: no ~/.ray, no token; and a failed run that leaves nothing behind."""
+import functools
 import os
 import stat
 import subprocess
@@ -80,6 +81,19 @@ def test_the_series_starts_ray_for_a_new_user(new_home, tmp_path, monkeypatch):
     assert token not in log.read_text() + joined.stdout + joined.stderr
     assert "did not finish draining" not in log.read_text()  # the head stops at once, not after 30 s
     assert time.monotonic() - started < 240
+
+
+def test_a_rerun_into_the_same_outputs_waits_for_its_own_ray(new_home, tmp_path, monkeypatch):
+    """`make run` again into the same outputs appends to ray-head.log: the earlier run's "Ray runtime
+    started" must not pass for this one's (here a `ray start` that never gets that far)."""
+    log = tmp_path / "ray-head.log"
+    log.write_text("INFO scripts.py:1134 -- Ray runtime started.\n")
+    popen = subprocess.Popen
+    monkeypatch.setattr(subprocess, "Popen", lambda *args, **kwargs: popen(["sleep", "60"], start_new_session=True))
+    monkeypatch.setattr(ray_start, "wait_until_started", functools.partial(ray_start.wait_until_started, timeout_s=2))
+    with pytest.raises(TimeoutError, match="did not start Ray within 2 s"):
+        with ray_start.head(log):
+            pass
 
 
 # ---------------------------------------------------------------- a failed run's actors

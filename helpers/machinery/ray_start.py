@@ -70,6 +70,7 @@ def head(log_path: Path, stop_timeout_s: float = 60) -> Iterator[dict[str, str]]
     At the end the head gets ``stop_timeout_s`` to stop its processes, then they are killed."""
     variables = {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
     with mock.patch.dict(os.environ, variables), open(log_path, "ab") as log:
+        earlier = log.tell()  # a rerun into the same outputs appends: read only what this start writes
         if variables["RAY_AUTH_MODE"] == "token":
             ensure_auth_token()  # `ray start` needs one, and a new user has none
         port = free_port()
@@ -83,7 +84,7 @@ def head(log_path: Path, stop_timeout_s: float = 60) -> Iterator[dict[str, str]]
             env={**os.environ, SINGLE_MACHINE_VARIABLE: "0", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"},
         )
     try:
-        wait_until_started(log_path, process)
+        wait_until_started(log_path, process, since=earlier)
         yield {**variables, "RAY_ADDRESS": f"127.0.0.1:{port}"}
     finally:
         process.terminate()  # `ray start --block` stops its processes on SIGTERM
@@ -93,14 +94,18 @@ def head(log_path: Path, stop_timeout_s: float = 60) -> Iterator[dict[str, str]]
             os.killpg(process.pid, signal.SIGKILL)
 
 
-def wait_until_started(log_path: Path, process: subprocess.Popen, timeout_s: float = HEAD_START_TIMEOUT_S) -> None:
-    """Return once the ``ray start`` writing to ``log_path`` reports that Ray runs."""
+def wait_until_started(log_path: Path, process: subprocess.Popen, timeout_s: float = HEAD_START_TIMEOUT_S,
+                       since: int = 0) -> None:
+    """Return once the ``ray start`` writing to ``log_path`` from byte ``since`` on reports that Ray runs."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        with open(log_path, "rb") as log:
+            log.seek(since)
+            written = log.read()
         if process.poll() is not None:
-            last_lines = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+            last_lines = "\n".join(written.decode(errors="replace").splitlines()[-15:])
             raise RuntimeError(f"`ray start` exited with code {process.returncode}; the end of {log_path}:\n{last_lines}")
-        if b"Ray runtime started" in log_path.read_bytes():
+        if b"Ray runtime started" in written:
             return
         time.sleep(0.5)
     raise TimeoutError(f"`ray start` did not start Ray within {timeout_s} s: see {log_path}")
