@@ -88,7 +88,9 @@ def predictions_grid(batch: dict, filesystem, data_uri: str) -> plt.Figure:
             continue
         right, pitfall = _truth(path, label, data_uri)
         images.append(load_thumbnail(path, filesystem))
-        verdict = "right" if wnid in right else "wrong; the whole photo: " + textwrap.shorten(pitfall or "", 60)
+        verdict = "right"
+        if wnid not in right:
+            verdict = "wrong; the whole photo: " + textwrap.shorten(pitfall or "", 60)
         titles.append(f"{name} ({score:.0%})\nfolder: {label_to_name(label)}\n" + textwrap.fill(verdict, 28))
     return image_grid(images, titles, columns=len(images))
 
@@ -106,15 +108,17 @@ def speed_ups_figure(levers: pd.DataFrame) -> plt.Figure:
 
 def top5_figure(images: Sequence[np.ndarray], predictions: pd.DataFrame, data_uri: str) -> plt.Figure:
     """Each image beside a bar chart of its five most likely classes and their scores; a green
-    bar is a class that counts as right, and a wrong top-1 is captioned with what in the whole photo can
-    mislead a model."""
+    bar is a class that counts as right, and a wrong top-1 is captioned with what in the whole
+    photo can mislead a model."""
     figure, axes = plt.subplots(len(images), 2, figsize=(9, 2.5 * len(images)), squeeze=False,
                                 gridspec_kw={"width_ratios": [1, 1.6]})
     for (image_axis, bar_axis), image, (_, row) in zip(axes, images, predictions.iterrows()):
         right, pitfall = _truth(row["path"], row["label"], data_uri)
         image_axis.imshow(image)
         image_axis.axis("off")
-        caption = "" if row["top1_wnid"] in right else "\n" + textwrap.fill(f"wrong; the whole photo: {pitfall or ''}", 40)
+        caption = ""
+        if row["top1_wnid"] not in right:
+            caption = "\n" + textwrap.fill(f"wrong; the whole photo: {pitfall or ''}", 40)
         image_axis.set_title(f"folder label: {label_to_name(row['label'])}{caption}", fontsize=8)
         bar_axis.barh(list(row["top5_name"])[::-1], list(row["top5_score"])[::-1],
                       color=["tab:green" if wnid in right else "tab:gray" for wnid in list(row["top5_wnid"])[::-1]])

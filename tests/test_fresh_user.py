@@ -88,9 +88,9 @@ def test_a_rerun_into_the_same_outputs_waits_for_its_own_ray(new_home, tmp_path,
     started" must not pass for this one's (here a `ray start` that never gets that far)."""
     log = tmp_path / "ray-head.log"
     log.write_text("INFO scripts.py:1134 -- Ray runtime started.\n")
-    popen = subprocess.Popen
+    popen, wait = subprocess.Popen, ray_start.wait_until_started
     monkeypatch.setattr(subprocess, "Popen", lambda *args, **kwargs: popen(["sleep", "60"], start_new_session=True))
-    monkeypatch.setattr(ray_start, "wait_until_started", functools.partial(ray_start.wait_until_started, timeout_s=2))
+    monkeypatch.setattr(ray_start, "wait_until_started", functools.partial(wait, timeout_s=2))
     with pytest.raises(TimeoutError, match="did not start Ray within 2 s"):
         with ray_start.head(log):
             pass
