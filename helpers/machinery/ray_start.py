@@ -104,7 +104,8 @@ def wait_until_started(log_path: Path, process: subprocess.Popen, timeout_s: flo
             written = log.read()
         if process.poll() is not None:
             last_lines = "\n".join(written.decode(errors="replace").splitlines()[-15:])
-            raise RuntimeError(f"`ray start` exited with code {process.returncode}; the end of {log_path}:\n{last_lines}")
+            raise RuntimeError(f"`ray start` exited with code {process.returncode}; "
+                               f"the end of {log_path}:\n{last_lines}")
         if b"Ray runtime started" in written:
             return
         time.sleep(0.5)
