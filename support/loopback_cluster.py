@@ -126,6 +126,32 @@ def _described(node) -> dict:
             "pids": sorted(info.process.pid for infos in node.all_processes.values() for info in infos)}
 
 
+# A driver that holds CPUs: an actor pinned to each node of ``argv[1]`` ({node ID: CPUs}), until
+# its stdin closes. It prints "held" once every actor is placed.
+HOLDER = """
+import json, sys
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from helpers.machinery import ray_start
+
+ray.init(**ray_start.init_options())
+
+
+@ray.remote
+class Hold:
+    def ready(self) -> bool:
+        return True
+
+
+free, timeout_s = json.loads(sys.argv[1]), float(sys.argv[2])
+holds = [Hold.options(num_cpus=cpus, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote()
+         for node_id, cpus in free.items() if cpus > 0]
+ray.get([hold.ready.remote() for hold in holds], timeout=timeout_s)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
 # The harness: in the tests' process.
 class LoopbackClusters:
     """One cluster at a time, held by a keeper: a head and workers on 127.0.0.1, all started
@@ -281,17 +307,21 @@ class LoopbackClusters:
                 with contextlib.suppress(psutil.Error):
                     process.nice(0)
 
-    @contextlib.contextmanager
-    def pausing_actors(self, *indexes: int):
-        """Ray Data's actors (``ray::MapWorker`` processes) on nodes ``indexes`` stopped (SIGSTOP)
-        while inside, continued after: their tasks wait, so the pool is busy whatever the input's
-        pace, as when the model bounds the run (Ray Data grows a pool only then)."""
-        roots = [psutil.Process(self.nodes[index]["raylet"]) for index in indexes]
+    def data_actors(self, index: int) -> list[psutil.Process]:
+        """Ray Data's actors (``ray::MapWorker`` processes) on node ``index``."""
         actors = []
-        for process in _trees(roots):
+        for process in _trees([psutil.Process(self.nodes[index]["raylet"])]):
             with contextlib.suppress(psutil.Error):
                 if process.cmdline()[:1] and process.cmdline()[0].startswith("ray::MapWorker"):
                     actors.append(process)
+        return actors
+
+    @contextlib.contextmanager
+    def pausing_actors(self, *indexes: int):
+        """Ray Data's actors on nodes ``indexes`` stopped (SIGSTOP) while inside, continued
+        after: their tasks wait, so the pool is busy whatever the input's pace, as when the model
+        bounds the run (Ray Data grows a pool only then)."""
+        actors = [actor for index in indexes for actor in self.data_actors(index)]
         assert actors, f"no ray::MapWorker process on nodes {indexes}"
         for actor in actors:
             actor.suspend()
@@ -301,6 +331,29 @@ class LoopbackClusters:
             for actor in actors:
                 with contextlib.suppress(psutil.Error):
                     actor.resume()
+
+    @contextlib.contextmanager
+    def holding_free_cpus(self, actor_cpus: float, *indexes: int, timeout_s: float = 120):
+        """The CPUs of nodes ``indexes`` that Ray Data's actors (of ``actor_cpus`` each) leave,
+        held by a driver's actors pinned there while inside (each placed once a task there ends):
+        nothing new (a task, an actor of a growing pool) starts on those nodes meanwhile."""
+        free = {self.nodes[index]["node_id"]: self.cpus[index] - actor_cpus * len(self.data_actors(index))
+                for index in indexes}
+        holder = subprocess.Popen([sys.executable, "-c", HOLDER, json.dumps(free), str(timeout_s)],
+                                  cwd=self.elsewhere, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            held = holder.stdout.readline().strip()
+            assert held == "held", f"the CPUs {free} were not held in {timeout_s} s: {holder.communicate()[1][-3000:]}"
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                holder.stdin.close()  # the driver ends, and its actors with it
+            try:
+                holder.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                holder.kill()
+                holder.wait()
 
     def dashboard_get(self, path: str):
         """The JSON the dashboard answers to GET ``path``, with the token."""

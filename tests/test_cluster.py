@@ -242,8 +242,9 @@ def test_a_node_that_joins_mid_run_classifies_rows_and_one_the_plan_can_spare_co
         ray_cluster, sample_dir, tmp_path):
     """Notebook 03 plans 2 actors for 1 + 1 CPUs (the pool may grow to 4), on the sample three
     times over. Mid-run, its actors paused (Ray Data grows a pool only while its actors are
-    busy, and at batch 8 here they often wait for input), a 2-CPU node joins: the pool grows
-    onto it, and its actors classify rows.
+    busy, and at batch 8 here they often wait for input) and the CPUs they leave held (else a
+    new actor may start there, as a task of the run there ends), a 2-CPU node joins: the pool
+    grows onto it, and its actors classify rows.
     Then the first 1-CPU worker is lost: the nodes left (1 + 2 CPUs) still fit the plan, Ray
     restarts its actors and retries its tasks, and the run ends with every image once."""
     ray_cluster.shaped(CLUSTERS["cpus-1-1"][0])  # the test before stopped the cluster it broke
@@ -253,7 +254,8 @@ def test_a_node_that_joins_mid_run_classifies_rows_and_one_the_plan_can_spare_co
     papermill = start_notebook_03(output_dir, {"data_uri": str(folder)}, os.environ.copy(), log)
     try:
         wait_for_rows(64, output_dir, papermill, log)
-        with ray_cluster.pausing_actors(0, 1), ray_cluster.yielding_cpu(papermill):
+        with ray_cluster.holding_free_cpus(0.5, 0, 1), ray_cluster.pausing_actors(0, 1), \
+                ray_cluster.yielding_cpu(papermill):
             ray_cluster.shaped((*CLUSTERS["cpus-1-1"][0], 2))
             deadline = time.monotonic() + 300
             while not _rows_by_node(output_dir, ray_cluster.node_processes(2)):
