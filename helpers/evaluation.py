@@ -78,7 +78,8 @@ def summarize(classified: pd.DataFrame, scored: pd.DataFrame, manifest: dict) ->
     """The headline numbers that ``metrics.json`` records: ``classified`` holds every classified
     image, ``scored`` those with a class folder, with correctness columns (``add_correctness``)."""
     rates = {}
-    for name, column in (("top1", "top1_correct"), ("top5", "top5_correct"), ("top1_folder_label", "top1_folder_label")):
+    columns = {"top1": "top1_correct", "top5": "top5_correct", "top1_folder_label": "top1_folder_label"}
+    for name, column in columns.items():
         rates[name] = round(float(scored[column].mean()), 4) if len(scored) else None
     return {
         "num_images": int(len(classified)),

@@ -17,6 +17,8 @@ from helpers.labels import label_to_name
 from helpers.settings import SAMPLE_DATA
 from helpers.storage import Location
 
+WRONG = "wrong; the whole photo: "  # starts the caption of a wrong top-1, before what can mislead a model
+
 
 def load_thumbnail(path: str, filesystem, size: int = 256) -> np.ndarray:
     """An image file as the model saw it (RGB, EXIF-rotated), no larger than ``size`` a side."""
@@ -90,7 +92,7 @@ def predictions_grid(batch: dict, filesystem, data_uri: str) -> plt.Figure:
         images.append(load_thumbnail(path, filesystem))
         verdict = "right"
         if wnid not in right:
-            verdict = "wrong; the whole photo: " + textwrap.shorten(pitfall or "", 60)
+            verdict = WRONG + textwrap.shorten(pitfall or "", 60)
         titles.append(f"{name} ({score:.0%})\nfolder: {label_to_name(label)}\n" + textwrap.fill(verdict, 28))
     return image_grid(images, titles, columns=len(images))
 
@@ -118,7 +120,7 @@ def top5_figure(images: Sequence[np.ndarray], predictions: pd.DataFrame, data_ur
         image_axis.axis("off")
         caption = ""
         if row["top1_wnid"] not in right:
-            caption = "\n" + textwrap.fill(f"wrong; the whole photo: {pitfall or ''}", 40)
+            caption = "\n" + textwrap.fill(WRONG + (pitfall or ""), 40)
         image_axis.set_title(f"folder label: {label_to_name(row['label'])}{caption}", fontsize=8)
         bar_axis.barh(list(row["top5_name"])[::-1], list(row["top5_score"])[::-1],
                       color=["tab:green" if wnid in right else "tab:gray" for wnid in list(row["top5_wnid"])[::-1]])

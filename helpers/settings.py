@@ -82,8 +82,9 @@ def _check_data_uri(data_uri) -> str:
         return data_uri
     folder = _project_path(data_uri)
     if not folder.is_dir():
-        raise SettingsError(f"data_uri={data_uri!r}: no such folder ({folder}). Point it at a folder of images "
-                            f"(in class folders <wnid>/<image> or not), or use {SAMPLE_DATA!r} for the embedded sample.")
+        raise SettingsError(f"data_uri={data_uri!r}: no such folder ({folder}). Point it at a folder of "
+                            f"images (in class folders <wnid>/<image> or not), or use {SAMPLE_DATA!r} for the "
+                            "embedded sample.")
     return str(folder)
 
 
