@@ -41,6 +41,7 @@ from pathlib import Path
 from unittest import mock
 
 import numpy as np
+import papermill
 import torch
 
 from helpers import data, models, sample, settings
@@ -311,8 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-uri", default=settings.SAMPLE_DATA)
     parser.add_argument("--model-name", default=settings.OFFLINE_MODEL)
     parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--sweep", type=lambda text: [int(v) for v in text.split(",") if v], default=[8, 32, 64])
+    notebook_batch_size = int(papermill.inspect_notebook(str(NOTEBOOK_03))["batch_size"]["default"])
+    parser.add_argument("--batch-size", type=int, default=notebook_batch_size, help="default: notebook 03's")
+    parser.add_argument("--sweep", type=lambda text: [int(v) for v in text.split(",") if v], default=[4, 16, 32])
     parser.add_argument("--repeats", type=int, default=3,
                         help="runs of the loops and of notebook 03 at --batch-size, taking turns; medians are reported")
     parser.add_argument("--loader-workers", type=int, default=1,
