@@ -127,9 +127,11 @@ def _described(node) -> dict:
 
 
 # A driver that holds CPUs: an actor pinned to each node of ``argv[1]`` ({node ID: CPUs}), until
-# its stdin closes. It prints "held" once every actor is placed.
+# its stdin closes. It answers "held" on stdout once every actor is placed (all else goes to stderr).
 HOLDER = """
-import json, sys
+import json, os, sys
+replies = os.fdopen(os.dup(1), "w", buffering=1)
+os.dup2(2, 1)
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from helpers.machinery import ray_start
@@ -144,10 +146,10 @@ class Hold:
 
 
 free, timeout_s = json.loads(sys.argv[1]), float(sys.argv[2])
-holds = [Hold.options(num_cpus=cpus, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote()
-         for node_id, cpus in free.items() if cpus > 0]
+holds = [Hold.options(num_cpus=cpus, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
+         .remote() for node_id, cpus in free.items() if cpus > 0]
 ray.get([hold.ready.remote() for hold in holds], timeout=timeout_s)
-print("held", flush=True)
+print("held", file=replies)
 sys.stdin.read()
 """
 
@@ -339,12 +341,13 @@ class LoopbackClusters:
         nothing new (a task, an actor of a growing pool) starts on those nodes meanwhile."""
         free = {self.nodes[index]["node_id"]: self.cpus[index] - actor_cpus * len(self.data_actors(index))
                 for index in indexes}
-        holder = subprocess.Popen([sys.executable, "-c", HOLDER, json.dumps(free), str(timeout_s)],
-                                  cwd=self.elsewhere, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, start_new_session=True)
+        log = self.logs / f"holder-{len(list(self.logs.glob('holder-*.log')))}.log"
+        with open(log, "wb") as errors:
+            holder = subprocess.Popen([sys.executable, "-c", HOLDER, json.dumps(free), str(timeout_s)],
+                                      cwd=self.elsewhere, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=errors, text=True, start_new_session=True)
         try:
-            held = holder.stdout.readline().strip()
-            assert held == "held", f"the CPUs {free} were not held in {timeout_s} s: {holder.communicate()[1][-3000:]}"
+            assert holder.stdout.readline().strip() == "held", f"the CPUs {free} were not held in {timeout_s} s: {log}"
             yield
         finally:
             with contextlib.suppress(OSError):
