@@ -35,6 +35,9 @@ from pathlib import Path
 import psutil
 
 LOOPBACK_IPS = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+# Ray 2.60's dashboard asks the cloud metadata address which cloud it runs on, once as it starts
+# (UsageStatsHead.run, whether usage stats are on or off); on this machine that address answers.
+CLOUD_METADATA = ("169.254.169.254", 80)
 SINGLE_MACHINE_VARIABLE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # ray_start's: the keeper imports nothing of helpers
 NODE_START_TIMEOUT_S = 120  # a node started beside a busy run on 2 cores (`ray start` had as long)
 STOP_TIMEOUT_S = 30
@@ -386,11 +389,13 @@ class LoopbackSockets:
     """Every ``interval_s``, the TCP and UDP sockets of every process this one started (the
     keeper and its nodes, their workers and job drivers, the notebooks' kernels, probes and
     `make submit` clients), and of any of those that has since left the tree (a worker whose
-    raylet was killed). ``offenders`` lists those with a local or remote address off loopback."""
+    raylet was killed). ``offenders`` lists those with a local or remote address off loopback,
+    but for a dashboard's question to the cloud metadata address (``cloud_probes`` counts them)."""
 
     def __init__(self, interval_s: float = 2.0):
         self.interval_s = interval_s
         self.samples = 0
+        self.cloud_probes: set[tuple] = set()
         self.offenders: dict[tuple, str] = {}  # (pid, laddr, raddr, status) -> the process, in words
         self._processes: dict[tuple[int, float], psutil.Process] = {}  # by (pid, create_time)
         self._sockets: set[tuple] = set()
@@ -414,7 +419,8 @@ class LoopbackSockets:
     @property
     def summary(self) -> str:
         return (f"{self.samples} samples every {self.interval_s:g} s: {len(self._sockets)} sockets of "
-                f"{len(self._processes)} processes, {len(self.offenders)} off loopback")
+                f"{len(self._processes)} processes, {len(self.offenders)} off loopback "
+                f"({len(self.cloud_probes)} dashboard question(s) to the cloud metadata address besides)")
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -434,8 +440,13 @@ class LoopbackSockets:
             key = (connection.pid, tuple(connection.laddr), tuple(connection.raddr), connection.status)
             self._sockets.add(key)
             addresses = [connection.laddr, *([connection.raddr] if connection.raddr else [])]
-            if key not in self.offenders and any(address.ip not in LOOPBACK_IPS for address in addresses):
-                self.offenders[key] = _in_words(running[connection.pid])
+            if key in self.offenders or all(address.ip in LOOPBACK_IPS for address in addresses):
+                continue
+            process = _in_words(running[connection.pid])
+            if tuple(connection.raddr) == CLOUD_METADATA and "ray/dashboard/dashboard.py" in process:
+                self.cloud_probes.add(key)
+            else:
+                self.offenders[key] = process
         self.samples += 1
 
     def report(self) -> str:

@@ -1,7 +1,8 @@
 """Notebook 03 on existing Ray clusters of several node sizes on 127.0.0.1 (RAY_ADDRESS set),
 a node joining one mid-run and nodes lost, and the series sent to one as a Ray job (`make submit`,
 Ray's Jobs API on the dashboard). Every node of every cluster is on 127.0.0.1, and no process
-of theirs, nor any driver, uses an address off loopback (support.loopback_cluster). (The plan's
+of theirs, nor any driver, uses an address off loopback (support.loopback_cluster), but for the
+question Ray's dashboard asks the cloud metadata address as it starts. (The plan's
 other shapes are pinned in test_inference.)"""
 import json
 import os

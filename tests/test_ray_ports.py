@@ -1,6 +1,7 @@
 """Every port Ray opens listens on 127.0.0.1 only, its token authentication stays on, and
 its dashboard answers on 127.0.0.1 to the token alone: for ``make run``'s head (joined by
 each notebook) and for a notebook's own instance."""
+import json
 import os
 import subprocess
 import sys
@@ -56,12 +57,15 @@ def _status(url: str, token: str | None) -> int:
 
 def _check_dashboard(url: str) -> None:
     """The dashboard answers on 127.0.0.1, refuses a request without the token (or with a
-    wrong one) and serves one with it."""
+    wrong one) and serves one with it; and its Ray sends no usage reports."""
     assert url.startswith("http://127.0.0.1:"), url
     token = auth_token_path().read_text().strip()
     assert _status(f"{url}/api/version", None) == 401
     assert _status(f"{url}/api/version", "not-the-token") == 403
     assert _status(f"{url}/api/version", token) == 200
+    request = urllib.request.Request(f"{url}/usage_stats_enabled", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert json.load(response)["data"]["usageStatsEnabled"] is False  # camelCase, as the dashboard answers
 
 
 def _drive(env: dict) -> set[tuple[str, str]]:
