@@ -49,9 +49,9 @@ from helpers.machinery import ray_start, series
 from support.folders import one_per_folder, replicate
 from support.machine import PeakMemory, settle
 from support.model_loading import load_model, prepared
+from support.notebook_03 import NOTEBOOK_03, without_extra_pipelines
 from support.s3_server import Proxy, moto_s3
 
-NOTEBOOK_03 = next(nb for nb in series.NOTEBOOKS if nb.name.startswith("03"))
 
 
 class Predictor:
@@ -140,11 +140,12 @@ def dataloader_loop(predictor: Predictor, listing: data.Listing, paths: list[str
 
 
 def notebook_03(parameters: dict) -> dict:
-    """Notebook 03 run with papermill on ``parameters`` into a scratch folder: its manifest, which
-    must hold a steady images/s."""
+    """Notebook 03 (without its extra pipelines, which follow the write) run with papermill on
+    ``parameters`` into a scratch folder: its manifest, which must hold a steady images/s."""
     with tempfile.TemporaryDirectory() as output_dir:
+        notebook = without_extra_pipelines(Path(output_dir) / "notebook-03")
         settle()
-        series.execute_series(output_dir, parameters, notebooks=(NOTEBOOK_03,), progress=False)
+        series.execute_series(output_dir, parameters, notebooks=(notebook,), progress=False)
         manifest = json.loads((Path(output_dir) / "predictions.json").read_text())
     if manifest["images_per_second"] is None:
         raise SystemExit(f"notebook 03 on {manifest['num_images']} images in batches of {parameters['batch_size']} "

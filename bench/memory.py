@@ -24,8 +24,7 @@ from helpers import sample
 from helpers.machinery import series
 from support.folders import replicate
 from support.machine import PeakMemory, settle
-
-NOTEBOOK_03 = next(nb for nb in series.NOTEBOOKS if nb.name.startswith("03"))
+from support.notebook_03 import NOTEBOOK_03
 
 
 def peak_of_notebook_03(images: int, workdir: Path) -> dict:

@@ -25,7 +25,8 @@ from helpers.machinery import auth_token, ray_start
 from helpers.machinery import series
 from support.folders import replicate
 from support.loopback_cluster import LoopbackClusters, LoopbackSockets
-from test_long_runs import NOTEBOOK_03, complete_files, start_notebook_03, wait_for_rows
+from support.notebook_03 import NOTEBOOK_03, without_extra_pipelines
+from test_long_runs import complete_files, start_notebook_03, wait_for_rows
 
 pytestmark = pytest.mark.slow
 
@@ -220,7 +221,8 @@ def test_losing_a_node_that_the_plan_needs_stops_the_run_and_a_rerun_completes_i
         assert errors[0].evalue.startswith(f"Lost node {ray_cluster.nodes[1]['node_id'][:12]} (127.0.0.1, 1 CPUs) at ")
         assert "are kept" in errors[0].evalue and "it resumes" in errors[0].evalue
 
-        series.execute_series(tmp_path, {}, notebooks=(NOTEBOOK_03,), progress=False)  # on the head alone
+        notebook = without_extra_pipelines(tmp_path / "notebook-03")
+        series.execute_series(tmp_path, {}, notebooks=(notebook,), progress=False)  # on the head alone
         manifest = _every_image_once(tmp_path, sample_dir)
         assert manifest["resumed_rows"] >= 64 and manifest["num_actors"] == 1
     finally:

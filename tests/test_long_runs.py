@@ -2,7 +2,8 @@
 (SIGINT to the kernel, as Jupyter's Stop button sends), then run to the end: nothing written is
 lost, and every image is classified once.
 
-The helpers that run notebook 03 in the background serve the lost-node test of test_cluster too."""
+The helpers that run notebook 03 in the background serve the lost-node test of test_cluster too.
+They run it without its extra pipelines (support.notebook_03): the series' runs test those."""
 import json
 import os
 import shutil
@@ -19,10 +20,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from support.folders import replicate
+from support.notebook_03 import NOTEBOOK_03, without_extra_pipelines
 from helpers import sample
 from helpers.machinery import series
 
-NOTEBOOK_03 = next(nb for nb in series.NOTEBOOKS if nb.name.startswith("03"))
 COPIES = 2  # of the sample (504 crops, 3 broken files): a folder of 1,014 files
 
 
@@ -40,14 +41,15 @@ def complete_files(output_dir: Path, run_id: str | None) -> dict[str, int]:
 
 
 def start_notebook_03(output_dir: Path, parameters: dict, env: dict, log: Path) -> subprocess.Popen:
-    """Notebook 03 run by papermill in the background (in a session of its own), into
-    ``output_dir/running.ipynb``."""
+    """Notebook 03 (without its extra pipelines: a copy beside ``log``) run by papermill in the
+    background (in a session of its own), into ``output_dir/running.ipynb``."""
+    notebook = without_extra_pipelines(log.parent / "notebook-03")
     options = [arg for name, value in {"output_dir": str(output_dir), **parameters}.items()
                for arg in ("-p", name, str(value))]
     with open(log, "wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "papermill", str(NOTEBOOK_03), str(output_dir / "running.ipynb"),
-             "--cwd", str(NOTEBOOK_03.parent), "-k", "python3", "--no-progress-bar", *options],
+            [sys.executable, "-m", "papermill", str(notebook), str(output_dir / "running.ipynb"),
+             "--cwd", str(notebook.parent), "-k", "python3", "--no-progress-bar", *options],
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
@@ -109,7 +111,8 @@ def test_killed_then_stopped_then_run_to_the_end_loses_nothing(sample_dir, execu
 
     # 3. Run to the end: it resumes, and keeps every file written before the Stop.
     with mock.patch.dict(os.environ, series_ray):
-        series.execute_series(output_dir, parameters, notebooks=(NOTEBOOK_03,), progress=False)
+        series.execute_series(output_dir, parameters, notebooks=(without_extra_pipelines(tmp_path / "notebook-03"),),
+                              progress=False)
     manifest = json.loads((output_dir / "predictions.json").read_text())
     assert {str(output_dir / file) for file in manifest["files"]} >= set(stopped)
     assert manifest["resumed_rows"] == sum(stopped.values())

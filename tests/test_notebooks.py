@@ -154,6 +154,20 @@ def test_notebook_03s_main_path_is_the_reference_pipeline_in_about_110_lines():
     assert "plan" not in code.replace("explain", "")
 
 
+def test_the_copy_for_runs_of_the_write_leaves_out_only_the_extra_pipelines(tmp_path):
+    """support.notebook_03's copy, which the resume, cluster, bucket and benchmark runs execute."""
+    from support.notebook_03 import NOTEBOOK_03, without_extra_pipelines
+
+    whole = nbformat.read(NOTEBOOK_03, as_version=4).cells
+    copy = nbformat.read(without_extra_pipelines(tmp_path), as_version=4).cells
+    left_out = [cell.source for cell in whole if cell.source not in {kept.source for kept in copy}]
+    assert [cell.source for cell in copy] == [cell.source for cell in whole if cell.source not in left_out]
+    assert [source.splitlines()[0] for source in left_out if source.startswith("## ")] == [
+        "## What Ray bought (optional)", "## Your own photos, in one cell (optional)"]
+    code = "\n".join(source for source in left_out if not source.startswith("## "))
+    assert "def loop_rate(" in code and "mine = (" in code and "write_parquet(run.path" not in code
+
+
 def test_every_notebook_has_worked_solutions():
     assert [path.name[:2] for path in series.SOLUTIONS] == [path.name[:2] for path in series.NOTEBOOKS]
     for notebook in series.NOTEBOOKS:

@@ -75,14 +75,14 @@ def test_notebook_03_from_a_bucket_30_ms_away_gives_every_image_once_with_the_sa
         bucket, sample_dir, local_top1, tmp_path):
     """Notebook 03, with a Ray of its own (its workers inherit the proxy's endpoint), reads the
     bucket through a proxy that delays every request by 30 ms."""
+    from support.notebook_03 import without_extra_pipelines
     from support.s3_server import Proxy
-    from test_long_runs import NOTEBOOK_03
 
     with Proxy(os.environ["AWS_ENDPOINT_URL"], delay_s=0.030) as proxy, \
             mock.patch.dict(os.environ, AWS_ENDPOINT_URL=proxy.url):
         os.environ.pop("RAY_ADDRESS", None)
         series.execute_series(tmp_path, {"data_uri": bucket, "limit": 24, "batch_size": 8},
-                              notebooks=(NOTEBOOK_03,), progress=False)
+                              notebooks=(without_extra_pipelines(tmp_path / "notebook-03"),), progress=False)
     manifest = storage.read_json(storage.Location.parse(tmp_path / "predictions.json"))
     frame = storage.read_parquet([storage.Location.parse(tmp_path / name) for name in manifest["files"]])
     listing = data.list_files(bucket)
