@@ -53,7 +53,6 @@ from support.notebook_03 import NOTEBOOK_03, without_extra_pipelines
 from support.s3_server import Proxy, moto_s3
 
 
-
 class Predictor:
     """The model as notebook 03's ``FastClassifier`` runs it with the levers its actors chose (the
     run's ``levers``), in ``inference_mode``; uint8 pixels in, top-5 class indices out."""
