@@ -1,8 +1,8 @@
 """Notebook 03 for the tests and benchmarks that run it for its write (resume after a kill and a
-Stop, clusters, a slow bucket, `make bench`'s timings): a copy without the two optional sections
-that start pipelines of their own once the write is done, *What Ray bought* and *Your own
-photos* (10 to 45 s a run on 2 cores). The series' own runs (the sample, the messy bucket, a
-flat folder of photos, `make submit`) execute every cell."""
+Stop, clusters, a slow bucket, `make bench`'s timings): a copy without the two sections that
+start pipelines of their own besides the write, *The whole pipeline, in one cell* (before it) and
+*What Ray bought* (after it), 10 to 45 s a run on 2 cores. The series' own runs (the sample, the
+messy bucket, a flat folder of photos, `make submit`) execute every cell."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +12,7 @@ import nbformat
 from helpers.machinery import series
 
 NOTEBOOK_03 = next(nb for nb in series.NOTEBOOKS if nb.name.startswith("03"))
-LEFT_OUT = ("## What Ray bought", "## Your own photos")  # headings that open the sections
+LEFT_OUT = ("## The whole pipeline, in one cell", "## What Ray bought")  # headings that open the sections
 
 
 def without_extra_pipelines(folder: Path) -> Path:

@@ -163,9 +163,9 @@ def test_the_copy_for_runs_of_the_write_leaves_out_only_the_extra_pipelines(tmp_
     left_out = [cell.source for cell in whole if cell.source not in {kept.source for kept in copy}]
     assert [cell.source for cell in copy] == [cell.source for cell in whole if cell.source not in left_out]
     assert [source.splitlines()[0] for source in left_out if source.startswith("## ")] == [
-        "## What Ray bought (optional)", "## Your own photos, in one cell (optional)"]
+        "## The whole pipeline, in one cell", "## What Ray bought (optional)"]
     code = "\n".join(source for source in left_out if not source.startswith("## "))
-    assert "def loop_rate(" in code and "mine = (" in code and "write_parquet(run.path" not in code
+    assert "def loop_rate(" in code and "pipeline = (" in code and "write_parquet(run.path" not in code
 
 
 def test_every_notebook_has_worked_solutions():
