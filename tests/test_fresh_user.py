@@ -73,8 +73,11 @@ def test_the_series_starts_ray_for_a_new_user(new_home, tmp_path, monkeypatch):
         token_file = new_home / ".ray" / "auth_token"
         assert token_file.is_file() and _mode(token_file) == 0o600
         assert variables["RAY_AUTH_MODE"] == "token" and variables["RAY_ADDRESS"].startswith("127.0.0.1:")
+        assert ray_workarounds.address_note().read_text().strip() == variables["RAY_ADDRESS"]  # for ray.init()
         joined = subprocess.run([sys.executable, "-c", JOIN], capture_output=True, text=True, timeout=300,
                                 env={**os.environ, **variables})
+    note = ray_workarounds.address_note()  # gone with the head: a plain ray.init() would wait for it
+    assert not note.exists() or note.read_text().strip() != variables["RAY_ADDRESS"]
     assert joined.returncode == 0, joined.stderr[-3000:]
     assert "joined 1" in joined.stdout and "['127.0.0.1']" in joined.stdout, (joined.stdout, joined.stderr[-2000:])
     token = token_file.read_text()

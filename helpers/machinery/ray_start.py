@@ -67,7 +67,8 @@ def head(log_path: Path, stop_timeout_s: float = 60) -> Iterator[dict[str, str]]
     """Run ``ray start --head`` on 127.0.0.1 for the duration; yield the environment variables that
     make a kernel join it (its address, token authentication). Its processes listen on 127.0.0.1
     alone, and inherit the rest of this process's environment (``AWS_*`` for its workers, say).
-    At the end the head gets ``stop_timeout_s`` to stop its processes, then they are killed."""
+    At the end the head gets ``stop_timeout_s`` to stop its processes, then they are killed, and
+    Ray's note of its address goes with it."""
     variables = {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
     with mock.patch.dict(os.environ, variables), open(log_path, "ab") as log:
         earlier = log.tell()  # a rerun into the same outputs appends: read only what this start writes
@@ -92,6 +93,7 @@ def head(log_path: Path, stop_timeout_s: float = 60) -> Iterator[dict[str, str]]
             process.wait(timeout=stop_timeout_s)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
+        ray_workarounds.forget_stopped_head(f"127.0.0.1:{port}")
 
 
 def wait_until_started(log_path: Path, process: subprocess.Popen, timeout_s: float = HEAD_START_TIMEOUT_S,

@@ -11,8 +11,10 @@ import re
 import sys
 import threading
 import time
+from pathlib import Path
 
 import ray
+import ray._common.utils
 import ray._private.ray_constants
 
 
@@ -135,3 +137,21 @@ def keep_loopback_addresses() -> None:
     which otherwise look for Ray Data's numbers at the machine's address): 127.0.0.1 stays 127.0.0.1."""
     ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+
+# 5. A stopped head's address. `ray start` notes the head's address for a plain `ray.init()` to
+# join; only `ray stop`, and Ray's private utilities, remove that note.
+def address_note() -> Path:
+    """Where ``ray start`` notes the last head started on this machine (``/tmp/ray/ray_current_cluster``),
+    which a plain ``ray.init()`` joins."""
+    return Path(ray._common.utils.get_ray_address_file(None))
+
+
+def forget_stopped_head(address: str) -> None:
+    """Remove that note if it names ``address``, a head that has stopped: ``ray stop`` removes it,
+    but a ``ray start --block`` ended by SIGTERM leaves it, and a plain ``ray.init()`` then hangs
+    trying to join the head that is gone (over 2 minutes here, after ``make run``)."""
+    note = address_note()
+    with contextlib.suppress(FileNotFoundError):
+        if note.read_text().strip() == address:
+            note.unlink()
