@@ -156,3 +156,18 @@ def test_workaround_4_loopback_stays_loopback_whatever_was_imported_first():
     if (own := _own_address()) and not own.startswith("127."):
         assert before != "127.0.0.1", (
             "Ray no longer turns 127.0.0.1 into the machine's address: ray_workarounds.keep_loopback_addresses may go")
+
+
+def test_a_stopped_heads_address_note_is_removed_and_no_other(tmp_path, monkeypatch):
+    """Workaround 5: the note Ray keeps for a plain ray.init() lies where Ray's own utility says, and
+    only a note naming the stopped head goes (test_fresh_user checks that `ray start` writes it)."""
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    note = ray_workarounds.address_note()
+    assert note == tmp_path / "ray" / "ray_current_cluster"
+    note.parent.mkdir()
+    note.write_text("127.0.0.1:6379")
+    ray_workarounds.forget_stopped_head("127.0.0.1:6380")  # another head's: kept
+    assert note.read_text() == "127.0.0.1:6379"
+    ray_workarounds.forget_stopped_head("127.0.0.1:6379")
+    assert not note.exists()
+    ray_workarounds.forget_stopped_head("127.0.0.1:6379")  # nothing left to remove: no error
