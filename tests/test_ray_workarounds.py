@@ -158,7 +158,7 @@ def test_workaround_4_loopback_stays_loopback_whatever_was_imported_first():
             "Ray no longer turns 127.0.0.1 into the machine's address: ray_workarounds.keep_loopback_addresses may go")
 
 
-def test_a_stopped_heads_address_note_is_removed_and_no_other(tmp_path, monkeypatch):
+def test_workaround_5_a_stopped_heads_address_note_is_removed_and_no_other(tmp_path, monkeypatch):
     """Workaround 5: the note Ray keeps for a plain ray.init() lies where Ray's own utility says, and
     only a note naming the stopped head goes (test_fresh_user checks that `ray start` writes it)."""
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
