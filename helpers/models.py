@@ -44,8 +44,8 @@ class Preprocessing:
         return F.center_crop(image, [self.crop_size]).numpy()
 
     def transforms(self) -> v2.Compose:
-        """The same steps as one torchvision transform: 3 x H x W uint8 -> normalised float."""
-        return v2.Compose([v2.Resize(self.resize_size, interpolation=self.interpolation, antialias=True),
+        """The same steps as one torchvision transform: a PIL image or 3 x H x W uint8 -> normalised float."""
+        return v2.Compose([v2.ToImage(), v2.Resize(self.resize_size, interpolation=self.interpolation, antialias=True),
                            v2.CenterCrop(self.crop_size), v2.ToDtype(torch.float32, scale=True),
                            v2.Normalize(self.mean, self.std)])
 
