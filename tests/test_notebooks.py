@@ -43,7 +43,7 @@ def test_every_notebook_has_a_parameters_cell_with_the_same_names():
 TAUGHT = {
     "01": ("ray.init(", "read_images(", ".schema()", ".count()", "take_batch(", "read_binary_files(", ".map("),
     "02": ("inference_mode", "weights.transforms()", ".eval()", "softmax(", "topk("),
-    "03": (".map(", "map_batches(", "ActorPoolStrategy(", "write_parquet(", "def __call__("),
+    "03": (".map(", "map_batches(", "ActorPoolStrategy(", "take_batch(", "write_parquet(", "def __call__("),
     "04": ("read_parquet(",),
 }
 
@@ -145,12 +145,13 @@ def test_the_main_path_reads_in_about_fifteen_minutes():
 
 def test_notebook_03s_main_path_is_the_reference_pipeline_in_about_110_lines():
     """Typed plainly: a sizing rule on Ray's resources, a visible model load, the read, map, class,
-    map_batches and write; no planner; at most 110 lines of code."""
+    map_batches, take_batch, write and read-back; no planner; at most 110 lines of code."""
     code = "\n".join(_main_path(series.NOTEBOOKS[2])[1])
     lines = [line for line in code.splitlines() if line.strip() and not line.strip().startswith("#")]
     assert len(lines) <= 110, len(lines)
     for call in ("ray.cluster_resources()", "torchvision.models.get_model(", "read_binary_files(", ".map(preprocess",
-                 "def __call__(", "map_batches(", "ActorPoolStrategy(size=", "write_parquet(", "read_parquet("):
+                 "def __call__(", "map_batches(", "ActorPoolStrategy(size=", "take_batch(", "write_parquet(",
+                 "read_parquet("):
         assert call in code, call
     assert "plan" not in code.replace("explain", "")
 
